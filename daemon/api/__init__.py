@@ -1,0 +1,1 @@
+"""The HTTP API (aiohttp): one module per resource, problem+json errors, bearer auth."""

@@ -1,0 +1,50 @@
+"""Liveness, readiness and metrics: /healthz, /readyz, /metrics (no credentials)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from daemon import migrate
+from daemon.api.context import context
+from daemon.api.problems import problem
+
+READY_TIMEOUT = 2.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its event loop answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for traffic: not stopping, the database answers and the schema is current."""
+    ctx = context(request)
+    if ctx.lifecycle.stopping:
+        raise problem(503, "shutting_down", "the daemon is shutting down")
+    try:
+        async with asyncio.timeout(READY_TIMEOUT), ctx.pool.acquire() as connection:
+            todo = await migrate.pending(connection)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        detail = f"the database is not reachable: {exc}"
+        raise problem(503, "database_unavailable", detail) from None
+    if todo:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in todo)
+        raise problem(503, "migrations_pending", f"migrations not applied: {names}")
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(context(request).metrics.registry)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,95 @@
+"""Every error as application/problem+json (RFC 9457), with a stable machine `code`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+
+from aiohttp import web
+
+from daemon.errors import FieldError, Problem
+from daemon.logs import get_logger
+
+log = get_logger(__name__)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+# The code for an HTTP status when nothing more precise was said.
+DEFAULT_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem(
+    status: int,
+    code: str | None = None,
+    detail: str | None = None,
+    errors: list[FieldError] | None = None,
+    title: str | None = None,
+) -> Problem:
+    """A Problem with the standard title for `status` and the default code unless given."""
+    return Problem(
+        status=status,
+        code=code or DEFAULT_CODES.get(status, "error"),
+        title=title or HTTPStatus(status).phrase,
+        detail=detail,
+        errors=errors or [],
+    )
+
+
+def render(p: Problem, headers: dict[str, str] | None = None) -> web.Response:
+    body: dict[str, object] = {
+        "type": f"https://campaignd.dev/problems/{p.code}",
+        "title": p.title,
+        "status": p.status,
+        "detail": p.detail or p.title,
+        "code": p.code,
+        "errors": [{"loc": e.loc, "msg": e.msg} for e in p.errors],
+    }
+    return web.Response(
+        status=p.status,
+        body=json.dumps(body).encode(),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
+    if exc.status < 400:
+        return exc  # redirects and successes raised as exceptions pass through
+    detail = None
+    if exc.status == 405 and isinstance(exc, web.HTTPMethodNotAllowed):
+        detail = f"allowed: {', '.join(sorted(exc.allowed_methods))}"
+        headers = {"Allow": ", ".join(sorted(exc.allowed_methods))}
+        return render(problem(exc.status, detail=detail), headers)
+    if exc.status == 413:
+        detail = "the request body is larger than this endpoint accepts"
+    return render(problem(exc.status, detail=detail))
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into problem+json; an unexpected exception is logged and is a 500."""
+    try:
+        return await handler(request)
+    except Problem as exc:
+        return render(exc)
+    except web.HTTPException as exc:
+        return _from_http_exception(exc)
+    except Exception:
+        log.exception("request.failed", method=request.method, path=request.path)
+        return render(problem(500, detail="an unexpected error occurred; see the daemon log"))

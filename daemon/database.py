@@ -1,0 +1,65 @@
+"""Opening the database: the configured server, or the embedded default; one asyncpg pool."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+
+from daemon.config import Config, redact_url
+from daemon.embedded import EmbeddedPostgres
+from daemon.errors import DatabaseError
+from daemon.logs import get_logger
+from daemon.store import Pool
+
+__all__ = ["Pool", "create_pool", "open_database"]
+
+log = get_logger(__name__)
+
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            type_name,
+            encoder=lambda value: json.dumps(value, separators=(",", ":"), ensure_ascii=False),
+            decoder=json.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+    """A pool whose connections decode json/jsonb to Python objects."""
+    try:
+        pool: Pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+            command_timeout=60,
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseError(f"cannot connect to {redact_url(dsn)}: {exc}") from None
+    return pool
+
+
+@asynccontextmanager
+async def open_database(config: Config, *, max_size: int | None = None) -> AsyncIterator[Pool]:
+    """The pool for `config`: `database.url`, or the embedded server under `state_dir`."""
+    embedded: EmbeddedPostgres | None = None
+    if config.database.url is not None:
+        dsn = config.database.url.get_secret_value()
+        log.info("database.opening", url=config.database.display_url)
+    else:
+        embedded = await EmbeddedPostgres.start(Path(config.state_dir))
+        dsn = embedded.uri()
+        log.info("database.opening", embedded=str(embedded.pgdata))
+    try:
+        pool = await create_pool(dsn, max_size=max_size or config.database.pool_size)
+        try:
+            yield pool
+        finally:
+            await pool.close()
+    finally:
+        if embedded is not None:
+            await embedded.close()

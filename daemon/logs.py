@@ -1,0 +1,82 @@
+"""structlog set-up: one JSON object per line on stdout, stdlib loggers included.
+
+Events are named `noun.verb` (catalog in the README). Context such as
+`campaign_id`/`run_id` is bound with `structlog.contextvars` or `log.bind()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
+
+# Keys that must never reach a log line, whatever a caller binds.
+_SECRET_KEYS = frozenset({"token", "password", "secret", "auth_token", "authorization",
+                          "private_key", "access_token"})
+
+
+def _drop_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    for key in _SECRET_KEYS.intersection(event_dict):
+        event_dict[key] = "***"
+    return event_dict
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        _drop_secrets,
+    ]
+
+
+def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Route structlog and the stdlib loggers (aiohttp, asyncpg) to stdout, one line per event."""
+    renderer: Processor
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    shared = _shared_processors()
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.processors.format_exc_info],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    set_level(level)
+    # aiohttp's access log is one line per request, pgserver narrates every pg_ctl call:
+    # both are useful at debug only.
+    for noisy in ("aiohttp.access", "pgserver"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+def set_level(level: str) -> None:
+    """Change the level at run time (SIGHUP)."""
+    logging.getLogger().setLevel(LEVELS[level])
+
+
+def get_logger(name: str, **context: Any) -> structlog.stdlib.BoundLogger:
+    """A logger for module `name`, with `context` bound."""
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger.bind(**context) if context else logger

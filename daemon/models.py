@@ -1,0 +1,68 @@
+"""Domain types and statuses. The string values are the same as the SQL CHECKs."""
+
+from __future__ import annotations
+
+import enum
+from typing import NewType
+
+CampaignId = NewType("CampaignId", str)
+AudienceId = NewType("AudienceId", str)
+ProfileId = NewType("ProfileId", str)
+RunId = NewType("RunId", str)
+
+# Ids chosen by clients: 1-128 chars of A-Z a-z 0-9 . _ : @ -
+ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+
+
+class Channel(enum.StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+    PUSH = "push"
+
+
+class CampaignStatus(enum.StrEnum):
+    DRAFT = "draft"
+    LIVE = "live"
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+
+
+class RunStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.FAILED)
+
+
+class RecipientStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    EXCLUDED = "excluded"
+
+
+class ExclusionReason(enum.StrEnum):
+    TIME_CAP = "time_cap"
+    CAMPAIGN_END = "campaign_end"
+    OPTED_OUT = "opted_out"
+    NO_ADDRESS = "no_address"
+    DUPLICATE = "duplicate"
+    CANCELLED = "cancelled"
+
+
+class EndReason(enum.StrEnum):
+    DELIVERED = "delivered"
+    TIME_CAP = "time_cap"
+    CAMPAIGN_END = "campaign_end"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class TokenScope(enum.StrEnum):
+    ADMIN = "admin"
+    TRIGGER = "trigger"

@@ -1,0 +1,71 @@
+"""The Provider protocol and the message it delivers.
+
+A provider turns one rendered `Message` into one call to its service. It
+returns a `SendResult` on acceptance and raises `TransientError` (worth a
+retry: timeouts, 5xx, 429, SMTP 4xx) or `PermanentError` (other 4xx, SMTP 5xx,
+invalid address) otherwise. The engine owns rate, concurrency and retries;
+a provider only talks to its service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from daemon.models import Channel
+from daemon.providers.settings import ProviderSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a message goes; the channel decides which field is used."""
+
+    email: str | None = None
+    phone: str | None = None
+    push_tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One rendered message for one recipient of one run."""
+
+    idempotency_key: str  # deterministic from run and recipient: retries and restarts reuse it
+    campaign_id: str
+    run_id: str
+    channel: Channel
+    profile_id: str
+    to: Address
+    # Rendered fields: email {from, reply_to?, subject, html?, text?}; sms {from?, body};
+    # push {title, body, data?}.
+    content: Mapping[str, Any]
+    unsubscribe_url: str | None = None  # email: the RFC 8058 one-click URL
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the provider said when it accepted a message."""
+
+    provider_message_id: str | None = None
+    # Push tokens the service reported as dead (FCM UNREGISTERED): the engine
+    # removes them from the profile.
+    invalid_push_tokens: tuple[str, ...] = field(default=())
+
+
+class Provider(Protocol):
+    """A configured delivery service."""
+
+    name: str
+    settings: ProviderSettings
+
+    async def start(self) -> None:
+        """Open sessions/pools. Called once before the first send."""
+
+    async def send(self, message: Message) -> SendResult:
+        """Deliver one message, or raise TransientError / PermanentError."""
+
+    async def probe(self) -> None:
+        """Check credentials and reachability without sending (raises ProviderError)."""
+
+    async def close(self) -> None:
+        """Release sessions/pools after in-flight sends have finished."""
