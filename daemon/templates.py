@@ -1,0 +1,210 @@
+"""Sandboxed Jinja2 templates: compile once per campaign/run, render per recipient.
+
+Two module-level environments, created once: one with HTML autoescaping (for the
+email `html` field only) and one without. Both are sandboxed (no attribute access
+to internals, no unsafe calls), strict about undefined names, and refuse the
+arithmetic that would build huge strings or numbers (`'x' * 10**9`), which a
+template could otherwise use to exhaust the daemon's memory.
+
+Templates see `profile`, `context`, `campaign`, `run` and `unsubscribe_url`.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2.environment import Template
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
+
+from daemon.errors import CampaigndError
+from daemon.models import Channel
+
+# Largest string/list a template may build with `*`, largest exponent for `**`,
+# and largest rendered field: far above any real message, far below trouble.
+MAX_PRODUCT_LENGTH = 100_000
+MAX_EXPONENT = 64
+MAX_POWER_BITS = 4096
+MAX_RENDERED_CHARS = 1_000_000
+
+# The content fields of each channel: name -> required.
+CHANNEL_FIELDS: dict[Channel, dict[str, bool]] = {
+    Channel.EMAIL: {"from": True, "reply_to": False, "subject": True, "html": False,
+                    "text": False},
+    Channel.SMS: {"from": False, "body": True},
+    Channel.PUSH: {"title": True, "body": True, "data": False},
+}
+HTML_FIELD = "html"
+DATA_FIELD = "data"
+
+
+class TemplateProblem(CampaigndError):
+    """A content template is invalid (syntax error, missing or mistyped field)."""
+
+    def __init__(self, field: str, line: int | None, message: str) -> None:
+        self.field = field
+        self.line = line
+        self.message = message
+        where = f"{field}, line {line}" if line is not None else field
+        super().__init__(f"{where}: {message}")
+
+
+class RenderError(CampaigndError):
+    """A template failed for one recipient (undefined name, sandbox violation, ...)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class _Environment(SandboxedEnvironment):
+    """The sandbox, plus bounds on `*` and `**` (intercepted, so never constant-folded)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        if operator_name == "*":
+            _check_product(left, right)
+            _check_product(right, left)
+            return operator.mul(left, right)
+        if operator_name == "**":
+            _check_power(left, right)
+            return operator.pow(left, right)
+        return super().call_binop(context, operator_name, left, right)
+
+
+def _check_product(sequence: Any, times: Any) -> None:
+    if (
+        isinstance(sequence, str | list | tuple | bytes)
+        and isinstance(times, int)
+        and len(sequence) * times > MAX_PRODUCT_LENGTH
+    ):
+        raise SecurityError(f"a repeated sequence longer than {MAX_PRODUCT_LENGTH} refused")
+
+
+def _check_power(base: Any, exponent: Any) -> None:
+    if not isinstance(exponent, int | float) or abs(exponent) <= 1:
+        return
+    if abs(exponent) > MAX_EXPONENT:
+        raise SecurityError(f"exponent above {MAX_EXPONENT} refused")
+    if isinstance(base, int) and base.bit_length() * abs(exponent) > MAX_POWER_BITS:
+        raise SecurityError(f"a power above {MAX_POWER_BITS} bits refused")
+
+
+_TEXT = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_HTML = _Environment(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True)
+
+# A compiled field: the variables -> its rendered text (or, for push data, its value).
+_Renderer = Callable[[Mapping[str, Any]], str]
+_Value = Callable[[Mapping[str, Any]], Any]
+
+
+def _is_template(source: str) -> bool:
+    return "{{" in source or "{%" in source or "{#" in source
+
+
+def _constant(value: Any) -> _Value:
+    return lambda variables: value
+
+
+def _compiled(field: str, template: Template) -> _Renderer:
+    def render(variables: Mapping[str, Any]) -> str:
+        text = str(template.render(variables))
+        if len(text) > MAX_RENDERED_CHARS:
+            raise RenderError(f"content.{field}: rendered text longer than {MAX_RENDERED_CHARS}")
+        return text
+
+    return render
+
+
+def _compile_text(field: str, source: Any, *, html: bool = False) -> _Renderer:
+    if not isinstance(source, str):
+        raise TemplateProblem(field, None, "must be a string")
+    if not _is_template(source):
+        return _constant(source)
+    try:
+        template = (_HTML if html else _TEXT).from_string(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(field, exc.lineno, exc.message or "invalid template") from None
+    except SecurityError as exc:
+        raise TemplateProblem(field, None, str(exc)) from None
+    except RecursionError:
+        raise TemplateProblem(field, None, "the template is nested too deeply") from None
+    return _compiled(field, template)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledContent:
+    """A channel's content with every template compiled; `render` is cheap and reentrant."""
+
+    channel: Channel
+    _fields: tuple[tuple[str, _Renderer], ...]
+    _data: tuple[tuple[str, _Value], ...] | None
+
+    @classmethod
+    def compile(cls, channel: Channel, content: Mapping[str, Any]) -> CompiledContent:
+        """Compile `content` for `channel`; raises TemplateProblem naming the first bad field."""
+        spec = CHANNEL_FIELDS[channel]
+        for name in content:
+            if name not in spec:
+                raise TemplateProblem(name, None, f"not a {channel.value} content field")
+        for name, required in spec.items():
+            if required and content.get(name) is None:
+                raise TemplateProblem(name, None, "this field is required")
+        if channel is Channel.EMAIL and content.get("html") is None \
+                and content.get("text") is None:
+            raise TemplateProblem("text", None, "an email needs html or text (or both)")
+        fields: list[tuple[str, _Renderer]] = []
+        data: tuple[tuple[str, _Value], ...] | None = None
+        for name in spec:
+            source = content.get(name)
+            if source is None:
+                continue
+            if name == DATA_FIELD:
+                data = _compile_data(source)
+            else:
+                fields.append((name, _compile_text(name, source, html=name == HTML_FIELD)))
+        return cls(channel, tuple(fields), data)
+
+    def render(self, variables: Mapping[str, Any]) -> dict[str, Any]:
+        """The rendered content fields; raises RenderError on any template failure."""
+        rendered: dict[str, Any] = {}
+        field = ""
+        try:
+            for field, renderer in self._fields:
+                rendered[field] = renderer(variables)
+            if self._data is not None:
+                field = DATA_FIELD
+                data: dict[str, Any] = {}
+                for key, value in self._data:
+                    field = f"{DATA_FIELD}.{key}"
+                    data[key] = value(variables)
+                rendered[DATA_FIELD] = data
+        except RenderError:
+            raise
+        except Exception as exc:  # any failure inside a template is the template's
+            raise RenderError(f"content.{field}: {_describe(exc)}") from None
+        return rendered
+
+
+def _compile_data(source: Any) -> tuple[tuple[str, _Value], ...]:
+    if not isinstance(source, Mapping):
+        raise TemplateProblem(DATA_FIELD, None, "must be an object")
+    entries: list[tuple[str, _Value]] = []
+    for key, value in source.items():
+        if isinstance(value, str):
+            entries.append((str(key), _compile_text(f"{DATA_FIELD}.{key}", value)))
+        else:
+            entries.append((str(key), _constant(value)))  # numbers, lists...: passed as given
+    return tuple(entries)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "the template recursed too deeply"
+    message = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {message}" if not isinstance(exc, SecurityError) else message
