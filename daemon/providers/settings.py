@@ -114,11 +114,19 @@ class SmtpProviderSettings(_ProviderBase):
     password_env: str | None = None
     password_file: Path | None = None
     pool_size: int = Field(default=8, ge=1, le=1000)
+    # Extra CA certificates (PEM) to trust for TLS/STARTTLS, e.g. a private relay's own CA.
+    tls_ca_file: Path | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _secret(cls, data: Any, info: ValidationInfo) -> Any:
         return _resolve_secret(data, info, "password")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SmtpProviderSettings:
+        if self.password is not None and self.username is None:
+            raise ValueError("password is set but username is not")
+        return self
 
     @property
     def effective_port(self) -> int:
