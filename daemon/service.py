@@ -150,6 +150,11 @@ class Daemon:
         for task in list(self._reload_tasks):
             task.cancel()
         self.notifier.close()
+        # We are exiting: a late signal must not turn exit code 0 into death by signal
+        # (closing the loop would otherwise restore the default handlers).
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
         log.info("daemon.stopped")
         return 0
 

@@ -18,7 +18,7 @@ from daemon.api.problems import problem
 from daemon.models import TokenScope
 from daemon.store import tokens
 
-SCOPE_KEY = "campaignd.scope"
+SCOPE_KEY = web.RequestKey("campaignd.scope", TokenScope)
 
 HandlerFn = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
