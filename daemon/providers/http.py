@@ -19,14 +19,15 @@ MAX_ANSWER_BYTES = 64 * 1024
 REASON_BODY_CHARS = 200
 
 
-def new_session(*, concurrency: int, timeout: float, **kwargs: Any) -> aiohttp.ClientSession:
+def new_session(
+    *, concurrency: int, timeout: float, headers: dict[str, str] | None = None
+) -> aiohttp.ClientSession:
     """One keep-alive session per provider: at most `concurrency` connections to its host."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
         timeout=aiohttp.ClientTimeout(total=timeout),
-        headers={"User-Agent": USER_AGENT},
+        headers={"User-Agent": USER_AGENT, **(headers or {})},
         raise_for_status=False,
-        **kwargs,
     )
 
 
