@@ -104,7 +104,7 @@ class Daemon:
         logs.set_level(new.log.level)
         for stage in self._stages:
             await stage.reload(new)
-        log.info("config.reloaded", level=new.log.level)
+        log.info("config.reloaded", log_level=new.log.level)
 
     # -- run ---------------------------------------------------------------------------------
 
