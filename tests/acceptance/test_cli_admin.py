@@ -67,7 +67,7 @@ async def test_sighup_reloads_the_log_level(daemon_factory: DaemonFactory) -> No
     assert reloaded[0]["log_level"] == "debug"
 
     # A broken file on SIGHUP is reported and the daemon keeps running on the old config.
-    daemon.config_path.write_text(text + "\n[server]\nbogus = 1\n")
+    daemon.config_path.write_text(text + "\n[limits]\nbogus = 1\n")
     await daemon.signal(signal.SIGHUP)
     failed = await daemon.wait_for_event("config.reload_failed")
     assert any("bogus" in problem for problem in failed[0]["problems"])
