@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
@@ -38,7 +38,12 @@ from daemon.providers.smtp import SmtpProvider
 from daemon.providers.twilio import TwilioProvider
 from daemon.providers.webhook import WebhookProvider
 
+if TYPE_CHECKING:
+    from daemon.api.context import AppContext
+
 log = get_logger(__name__)
+
+SERVICE_NAME = "providers"  # the registry's key in AppContext.services
 
 
 def build_provider(name: str, settings: ProviderSettings, clock: Clock) -> Provider:
@@ -258,6 +263,13 @@ class ProviderRegistry:
             except Exception:
                 log.exception("provider.close_failed", provider=instance.provider.name)
         self._instances = {}
+
+
+def stage(ctx: AppContext) -> ProviderRegistry:
+    """The factory for `daemon.stages`: the registry, also published in ctx.services."""
+    registry = ProviderRegistry(ctx.config, clock=ctx.clock)
+    ctx.services[SERVICE_NAME] = registry
+    return registry
 
 
 async def probe(config: Config) -> list[tuple[str, str | None]]:

@@ -87,7 +87,8 @@ class WebhookProviderSettings(_ProviderBase):
     kind: Literal["webhook"]
     url: str
     secret: SecretStr | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    # Header values often carry credentials (Authorization: Bearer ...): redacted in reprs.
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
 
     @field_validator("url")
     @classmethod

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -64,12 +65,17 @@ class WebhookProvider:
             encoded = settings.secret.get_secret_value().removeprefix("whsec_")
             self._signing_key = base64.b64decode(encoded)
         self._static_headers = {
-            **settings.headers,
+            **{name: value.get_secret_value() for name, value in settings.headers.items()},
             "Content-Type": "application/json",
         }
 
     def __repr__(self) -> str:
-        return f"WebhookProvider(name={self.name!r}, url={self.settings.url!r})"
+        # The URL without its query string or user info, which may hold a token.
+        parts = urlsplit(self.settings.url)
+        url = (
+            f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        )
+        return f"WebhookProvider(name={self.name!r}, url={url!r})"
 
     async def start(self) -> None:
         if self._session is None:

@@ -268,3 +268,22 @@ tls_ca_file = "{bad_ca}"
     assert problems[0].startswith("providers.push.service_account_file: cannot read")
     assert problems[1].startswith("providers.mail.tls_ca_file: cannot load")
     assert registry_module.check(_hook_config(tmp_path, "http://x.example/")) == []
+
+
+async def test_the_stage_factory_publishes_the_registry(tmp_path: Path) -> None:
+    from daemon.api.context import AppContext
+    from daemon.clock import FakeClock
+    from daemon.metrics import Metrics
+
+    ctx = AppContext(
+        config=_hook_config(tmp_path, "http://127.0.0.1:9/x"),
+        pool=None,
+        clock=FakeClock(),
+        metrics=Metrics(),
+    )
+    stage = registry_module.stage(ctx)
+    assert ctx.services[registry_module.SERVICE_NAME] is stage
+    await stage.start()
+    assert stage.for_channel(Channel.SMS).name == "hook"
+    await stage.stop(grace=1.0, force=asyncio.Event())
+    assert stage.providers() == {}

@@ -243,3 +243,20 @@ async def test_a_message_without_an_address_for_its_channel_is_permanent(
     with pytest.raises(PermanentError, match="no_address"):
         await signed.send(_message(Channel.EMAIL, phone="+331"))
     assert gateway.requests == []
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    settings = WebhookProviderSettings.model_validate(
+        {
+            "kind": "webhook",
+            "url": "https://user:pw@gw.example:8443/send?key=sekrit",
+            "secret": SECRET,
+            "headers": {"Authorization": "Bearer hdr-token"},
+        }
+    )
+    for text in (repr(settings), repr(WebhookProvider("hook", settings))):
+        assert SECRET not in text
+        assert "hdr-token" not in text
+    assert repr(WebhookProvider("hook", settings)) == (
+        "WebhookProvider(name='hook', url='https://gw.example:8443/send')"
+    )
