@@ -29,6 +29,7 @@ class Gateway:
 
     respond: Callable[[dict[str, Any]], web.Response] = lambda _: web.json_response({"ok": 1})
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    peers: set[object] = field(default_factory=set)
     server: TestServer | None = None
 
     @property
@@ -38,6 +39,8 @@ class Gateway:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        assert request.transport is not None
+        self.peers.add(request.transport.get_extra_info("peername"))
         self.requests.append((dict(request.headers), body))
         return self.respond(json.loads(body))
 
@@ -260,3 +263,13 @@ def test_secrets_stay_out_of_reprs() -> None:
     assert repr(WebhookProvider("hook", settings)) == (
         "WebhookProvider(name='hook', url='https://gw.example:8443/send')"
     )
+
+
+async def test_connections_are_kept_alive_and_bounded_by_concurrency(gateway: Gateway) -> None:
+    async for provider in _provider(gateway, concurrency=3):
+        for _ in range(10):
+            await provider.send(_message())
+        assert len(gateway.peers) == 1
+        await asyncio.gather(*(provider.send(_message()) for _ in range(30)))
+    assert len(gateway.requests) == 40
+    assert len(gateway.peers) <= 3
