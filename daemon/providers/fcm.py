@@ -204,7 +204,9 @@ class FcmProvider:
         expires_in = answer.get("expires_in")
         lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
         self._access_token = token
-        self._expires_at = self._clock.monotonic() + lifetime - REFRESH_MARGIN
+        # Renew a minute early; a token that lives less than two minutes, at half-life.
+        margin = min(REFRESH_MARGIN, lifetime / 2)
+        self._expires_at = self._clock.monotonic() + lifetime - margin
 
     async def _token(self, stale: str | None = None) -> str:
         """A valid access token; `stale` is one FCM refused, to be replaced (once, for all)."""

@@ -63,6 +63,14 @@ class _RetryOnFreshConnection(Exception):
     """The connection died before DATA: the message was not transferred."""
 
 
+def _failure_of(retry: _RetryOnFreshConnection) -> ProviderError:
+    """The error to report when a connection died before DATA and no retry is left."""
+    cause = retry.__cause__
+    if isinstance(cause, aiosmtplib.SMTPResponseException):  # 421: the server is closing
+        return _classify_reply(cause)
+    return _connection_failure(cause or retry)
+
+
 class _Connection:
     """One pooled SMTP session, opened lazily and reopened after a drop."""
 
@@ -101,7 +109,11 @@ class _Connection:
                 await client.noop()
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
                 pass
+            except BaseException:
+                self.drop()  # cancelled mid-NOOP: the session state is unknown
+                raise
             else:
+                self._last_used = self._clock.monotonic()
                 return client, True
         return await self.open(), False
 
@@ -228,12 +240,12 @@ class SmtpProvider:
                 await connection.transaction(client, envelope)
             except _RetryOnFreshConnection as exc:
                 if not reused:
-                    raise _connection_failure(exc.__cause__ or exc) from None
+                    raise _failure_of(exc) from None
                 client = await connection.open()
                 try:
                     await connection.transaction(client, envelope)
                 except _RetryOnFreshConnection as again:
-                    raise _connection_failure(again.__cause__ or again) from None
+                    raise _failure_of(again) from None
         finally:
             pool.put_nowait(connection)
         return SendResult(provider_message_id=envelope.message_id)
