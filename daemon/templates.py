@@ -103,7 +103,7 @@ _Renderer = Callable[[Mapping[str, Any]], str]
 _Value = Callable[[Mapping[str, Any]], Any]
 
 
-def _is_template(source: str) -> bool:
+def is_template(source: str) -> bool:
     return "{{" in source or "{%" in source or "{#" in source
 
 
@@ -124,7 +124,7 @@ def _compiled(field: str, template: Template) -> _Renderer:
 def _compile_text(field: str, source: Any, *, html: bool = False) -> _Renderer:
     if not isinstance(source, str):
         raise TemplateProblem(field, None, "must be a string")
-    if not _is_template(source):
+    if not is_template(source):
         return _constant(source)
     try:
         template = (_HTML if html else _TEXT).from_string(source)

@@ -1,0 +1,166 @@
+"""`/v1/profiles`: upsert, read, erase one profile; the streamed bulk import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from daemon import imports
+from daemon.api import bulk, campaign_rules
+from daemon.api.auth import requires
+from daemon.api.bodies import read_json
+from daemon.api.context import context
+from daemon.api.operations import Operation, Reply, json_answer, register
+from daemon.api.problems import problem
+from daemon.api.schemas import ImportQuery, ImportResult, Profile, ProfileBody
+from daemon.api.validation import invalid, parse, parse_query
+from daemon.api.views import profile_view
+from daemon.errors import FieldError
+from daemon.logs import get_logger
+from daemon.models import TokenScope
+from daemon.store import audiences, profiles
+from daemon.store.profiles import (
+    GIVEN_ATTRIBUTES,
+    GIVEN_EMAIL,
+    GIVEN_PHONE,
+    GIVEN_PUSH_TOKENS,
+    ProfileData,
+)
+
+log = get_logger(__name__)
+
+_GIVEN_BITS = {"email": GIVEN_EMAIL, "phone": GIVEN_PHONE, "push_tokens": GIVEN_PUSH_TOKENS,
+               "attributes": GIVEN_ATTRIBUTES}
+
+
+def profile_id(request: web.Request) -> str:
+    value = request.match_info["id"]
+    if not campaign_rules.valid_id(value):
+        raise problem(404, detail="no profile with this id")
+    return value
+
+
+@requires(TokenScope.ADMIN)
+async def put(request: web.Request) -> web.Response:
+    ctx = context(request)
+    identifier = profile_id(request)
+    body = parse(ProfileBody, await read_json(request, ctx.config.server.max_body_bytes))
+    if body.id is not None and body.id != identifier:
+        raise invalid([FieldError("id", "differs from the id in the path")])
+    subscriptions = body.subscriptions
+    data = ProfileData(
+        email=body.email, phone=body.phone, push_tokens=body.push_tokens,
+        attributes=body.attributes,
+        sub_email=subscriptions.email if subscriptions else None,
+        sub_sms=subscriptions.sms if subscriptions else None,
+        sub_push=subscriptions.push if subscriptions else None,
+    )
+    row, created = await profiles.upsert(ctx.pool, identifier, data, ctx.clock.now())
+    headers = {"Location": f"/v1/profiles/{identifier}"} if created else None
+    return json_answer(profile_view(row), 201 if created else 200, headers)
+
+
+@requires(TokenScope.ADMIN)
+async def read(request: web.Request) -> web.Response:
+    row = await profiles.get(context(request).pool, profile_id(request))
+    if row is None:
+        raise problem(404, detail="no profile with this id")
+    return json_answer(profile_view(row))
+
+
+@requires(TokenScope.ADMIN)
+async def delete(request: web.Request) -> web.Response:
+    identifier = profile_id(request)
+    if not await profiles.delete(context(request).pool, identifier):
+        raise problem(404, detail="no profile with this id")
+    log.info("profile.erased", profile_id=identifier)
+    return web.Response(status=204)
+
+
+async def _staged(
+    request: web.Request, fmt: imports.Format, tally: imports.Tally
+) -> AsyncIterator[tuple[Any, ...]]:
+    """The body's valid lines as staging rows (profiles.IMPORT_COLUMNS)."""
+    async for number, line in imports.profiles(bulk.chunks(request), fmt, tally):
+        given = 0
+        for name in line.model_fields_set:
+            given |= _GIVEN_BITS.get(name, 0)
+        subscriptions = line.subscriptions
+        yield (
+            number, line.id, line.email, line.phone, line.push_tokens, line.attributes,
+            subscriptions.email if subscriptions else None,
+            subscriptions.sms if subscriptions else None,
+            subscriptions.push if subscriptions else None,
+            given,
+        )
+
+
+@requires(TokenScope.ADMIN)
+async def import_profiles(request: web.Request) -> web.Response:
+    ctx = context(request)
+    query = parse_query(ImportQuery, request)
+    fmt = bulk.body_format(request)
+    tally = imports.Tally()
+    added = 0
+    with bulk.broken_stream():
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            if query.audience is not None and not await audiences.hold(conn, query.audience):
+                raise problem(404, detail=f"no audience {query.audience!r} (create it first: "
+                              "PUT /v1/audiences/{id})")
+            await profiles.create_import_table(conn)
+            await profiles.copy_import_rows(conn, _staged(request, fmt, tally))
+            created, updated = await profiles.merge_import(conn, ctx.clock.now())
+            if query.audience is not None:
+                try:
+                    added = await profiles.add_imported_to_audience(conn, query.audience)
+                except asyncpg.ForeignKeyViolationError:
+                    raise problem(409, "conflict", "a profile was erased during the import; "
+                                  "run it again") from None
+    result = {
+        "received": tally.received,
+        "imported": tally.received - tally.rejected,
+        "created": created,
+        "updated": updated,
+        "rejected": tally.rejected,
+        "errors": bulk.line_errors(tally),
+        "audience": query.audience,
+        "added_to_audience": added,
+    }
+    log.info("profiles.imported", **{k: v for k, v in result.items() if k != "errors"})
+    return json_answer(result)
+
+
+def _operations() -> list[Operation]:
+    path = "/v1/profiles/{id}"
+    profile = Reply("The profile.", Profile)
+    return [
+        Operation("PUT", path, put, "putProfile", "Create or replace a profile", "profiles",
+                  {200: Reply("Replaced.", Profile),
+                   201: Reply("Created.", Profile, ("Location",))},
+                  (400, 404, 413, 415, 422), body=ProfileBody),
+        Operation("GET", path, read, "getProfile", "Read a profile", "profiles",
+                  {200: profile}, (404,)),
+        Operation("DELETE", path, delete, "deleteProfile",
+                  "Erase a profile and its audience memberships", "profiles",
+                  {204: Reply("Erased.")}, (404,)),
+        Operation("POST", "/v1/profiles/import", import_profiles, "importProfiles",
+                  "Bulk upsert profiles from streamed NDJSON or CSV", "profiles",
+                  {200: Reply("What was imported and the first 100 refused lines.",
+                              ImportResult)},
+                  (400, 404, 409, 415, 422), query=ImportQuery, stream_types=bulk.STREAM_TYPES,
+                  description="NDJSON lines are `ProfileLine` objects. CSV: an `id` column; "
+                  "optional `email`, `phone`, `push_token`; every other column becomes a string "
+                  "attribute. Fields given replace the stored ones, attributes merge key by "
+                  "key, absent fields (and empty CSV cells) are kept; an id on several lines: "
+                  "the last wins. A bad line is reported and skipped."),
+    ]
+
+
+OPERATIONS = _operations()
+
+
+def add_routes(app: web.Application) -> None:
+    register(app, OPERATIONS)

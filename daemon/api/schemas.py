@@ -1,0 +1,451 @@
+"""The API's request and response models (pydantic v2); the OpenAPI document is built from them.
+
+Request models validate; response models document (handlers build plain dicts
+in the same shape, and the OpenAPI test checks real answers against them).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from daemon.api.fields import (
+    Email,
+    Id,
+    JsonObject,
+    Name,
+    Phone,
+    PushToken,
+    QueryModel,
+    RequestModel,
+    ResponseModel,
+    Timestamp,
+    is_address,
+)
+from daemon.models import CampaignStatus, Channel, EndReason, RecipientStatus, RunStatus
+from daemon.templates import is_template
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+class ProblemFieldError(ResponseModel):
+    loc: str = Field(description="The field, dotted: `throttle.rate_per_second`, `recipients.3`.")
+    msg: str
+
+
+class ProblemBody(ResponseModel):
+    """An error (RFC 9457 problem details) with a stable machine `code`."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable machine code: see the error table in the README.")
+    errors: list[ProblemFieldError]
+
+
+# -- campaigns ----------------------------------------------------------------------------------
+
+Template = Annotated[str, StringConstraints(min_length=1, max_length=500_000)]
+ShortTemplate = Annotated[str, StringConstraints(min_length=1, max_length=2_000)]
+
+
+def _address_or_template(value: str | None) -> str | None:
+    if value is not None and not is_template(value) and not is_address(value):
+        raise ValueError("must be an email address (`a@b.c` or `Name <a@b.c>`) or a template")
+    return value
+
+
+class EmailContent(RequestModel):
+    """Email content: `html` or `text` (or both). Every field is a Jinja2 template."""
+
+    from_: ShortTemplate = Field(alias="from")
+    reply_to: ShortTemplate | None = None
+    subject: ShortTemplate
+    html: Template | None = None
+    text: Template | None = None
+
+    _addresses = field_validator("from_", "reply_to")(_address_or_template)
+
+    @model_validator(mode="after")
+    def _html_or_text(self) -> EmailContent:
+        if self.html is None and self.text is None:
+            raise ValueError("an email needs html or text (or both)")
+        return self
+
+
+class SmsContent(RequestModel):
+    """SMS content: `from` (a sender id or number; else the provider's) and `body`."""
+
+    from_: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, alias="from"
+    )
+    body: Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+
+
+class PushContent(RequestModel):
+    """Push content; string values of `data` are templates too."""
+
+    title: ShortTemplate
+    body: Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+    data: JsonObject | None = None
+
+
+CONTENT_MODELS: dict[Channel, type[RequestModel]] = {
+    Channel.EMAIL: EmailContent,
+    Channel.SMS: SmsContent,
+    Channel.PUSH: PushContent,
+}
+_CONTENT_SCHEMA = WithJsonSchema({
+    "description": "The message for the campaign's channel (its fields are Jinja2 templates).",
+    "anyOf": [
+        {"$ref": "#/components/schemas/EmailContent"},
+        {"$ref": "#/components/schemas/SmsContent"},
+        {"$ref": "#/components/schemas/PushContent"},
+    ],
+})
+# Validated against the channel's model by the handler (it depends on `channel`).
+Content = Annotated[dict[str, Any], _CONTENT_SCHEMA]
+
+
+class Schedule(RequestModel):
+    start_at: Timestamp | None = Field(
+        default=None, description="First delivery no earlier than this (RFC 3339, with offset)."
+    )
+    end_at: Timestamp | None = Field(
+        default=None, description="No trigger or delivery after this. Absent: a one-shot campaign."
+    )
+
+    @field_validator("end_at")
+    @classmethod
+    def _after_start(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        start = info.data.get("start_at")
+        if value is not None and start is not None and value <= start:
+            raise ValueError("must be later than start_at")
+        return value
+
+
+class Throttle(RequestModel):
+    rate_per_second: Annotated[int, Field(ge=1, le=2000)] | None = Field(
+        default=None, description="Messages per second, 1 to `limits.max_rate_per_second`."
+    )
+
+    @field_validator("rate_per_second")
+    @classmethod
+    def _within_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limit = (info.context or {}).get("max_rate_per_second")
+        if value is not None and limit is not None and value > limit:
+            raise ValueError(f"must be at most {limit} (limits.max_rate_per_second)")
+        return value
+
+
+class CampaignCreate(RequestModel):
+    id: Id | None = Field(default=None, description="Chosen by you; generated when absent.")
+    name: Name
+    channel: Channel = Field(strict=False)
+    content: Content
+    audience: Id | None = Field(default=None, description="The default audience of triggers.")
+    schedule: Schedule | None = None
+    throttle: Throttle | None = None
+
+
+class CampaignPatch(RequestModel):
+    """Fields given replace the stored ones; `schedule`/`throttle` keys replace one by one."""
+
+    name: Name | None = None
+    channel: Channel | None = Field(default=None, strict=False)
+    content: Content | None = None
+    audience: Id | None = None
+    schedule: Schedule | None = None
+    throttle: Throttle | None = None
+
+
+class ScheduleOut(ResponseModel):
+    start_at: datetime | None
+    end_at: datetime | None
+
+
+class ThrottleOut(ResponseModel):
+    rate_per_second: int | None
+
+
+class Campaign(ResponseModel):
+    id: str
+    name: str
+    channel: Channel
+    content: dict[str, Any]
+    audience: str | None
+    schedule: ScheduleOut
+    throttle: ThrottleOut
+    status: CampaignStatus
+    created_at: datetime
+    updated_at: datetime
+    activated_at: datetime | None
+    finished_at: datetime | None
+
+
+class CampaignPage(ResponseModel):
+    items: list[Campaign]
+    next_cursor: str | None
+
+
+class PageQuery(QueryModel):
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class CampaignListQuery(PageQuery):
+    status: CampaignStatus | None = None
+
+
+# -- triggers -----------------------------------------------------------------------------------
+
+
+class InlineRecipient(RequestModel):
+    """A recipient given in the trigger; a stored profile with this id is the base."""
+
+    profile_id: Id
+    email: Email | None = None
+    phone: Phone | None = None
+    push_tokens: Annotated[list[PushToken], Field(max_length=100)] | None = None
+    push_token: PushToken | None = None
+    attributes: JsonObject | None = None
+    context: JsonObject | None = Field(
+        default=None, description="Overlays the trigger's context for this recipient."
+    )
+
+    @model_validator(mode="after")
+    def _one_token_form(self) -> InlineRecipient:
+        if self.push_token is not None and self.push_tokens is not None:
+            raise ValueError("give push_token or push_tokens, not both")
+        return self
+
+
+class TriggerBody(RequestModel):
+    """All optional: `audience` and `recipients` exclusive; neither: the campaign's audience."""
+
+    context: JsonObject | None = Field(default=None, description="Seen by templates as `context`.")
+    audience: Id | None = None
+    recipients: list[InlineRecipient] | None = Field(
+        default=None, max_length=1_000_000,
+        description="At most `limits.max_inline_recipients` (10,000 by default).",
+    )
+
+    @field_validator("recipients", mode="before")
+    @classmethod
+    def _count(cls, value: Any, info: ValidationInfo) -> Any:
+        limit = (info.context or {}).get("max_inline_recipients")
+        if isinstance(value, list) and limit is not None and len(value) > limit:
+            raise ValueError(
+                f"at most {limit} recipients per trigger (limits.max_inline_recipients)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> TriggerBody:
+        if self.audience is not None and self.recipients is not None:
+            raise ValueError("give audience or recipients, not both")
+        return self
+
+
+class TriggerQuery(QueryModel):
+    dry_run: bool = Field(default=False, description="Validate and preview; create nothing.")
+
+
+class RunLinks(ResponseModel):
+    run: str
+
+
+class TriggerAccepted(ResponseModel):
+    run_id: str
+    campaign_id: str
+    status: RunStatus
+    scheduled_for: datetime
+    links: RunLinks
+
+
+class TriggerPreview(ResponseModel):
+    """What the run would do (computed by the engine's preview); nothing is created."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+
+class Excluded(ResponseModel):
+    time_cap: int
+    campaign_end: int
+    opted_out: int
+    no_address: int
+    duplicate: int
+    cancelled: int
+
+
+class Counts(ResponseModel):
+    targeted: int
+    sent: int
+    failed: int
+    pending: int
+    excluded: Excluded
+
+
+class RunReport(ResponseModel):
+    id: str
+    campaign_id: str
+    status: RunStatus
+    created_at: datetime
+    scheduled_for: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    rate_per_second: int | None
+    deadline: datetime | None
+    end_reason: EndReason | None
+    counts: Counts
+
+
+class RunPage(ResponseModel):
+    items: list[RunReport]
+    next_cursor: str | None
+
+
+class Totals(Counts):
+    runs: int
+
+
+class CampaignReport(ResponseModel):
+    campaign_id: str
+    status: CampaignStatus
+    totals: Totals
+    runs: list[RunReport] = Field(description="The most recent runs first (at most 100).")
+    runs_next_cursor: str | None = Field(
+        description="More runs: `GET /v1/campaigns/{id}/runs?cursor=`."
+    )
+
+
+class Recipient(ResponseModel):
+    position: int
+    profile_id: str
+    status: RecipientStatus
+    reason: str | None
+    error: str | None
+    attempts: int
+    provider_message_id: str | None
+    updated_at: datetime | None
+
+
+class RecipientPage(ResponseModel):
+    items: list[Recipient]
+    next_cursor: str | None
+
+
+class RecipientQuery(PageQuery):
+    status: RecipientStatus | None = None
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+
+# -- people -------------------------------------------------------------------------------------
+
+
+class SubscriptionsPatch(RequestModel):
+    email: bool | None = None
+    sms: bool | None = None
+    push: bool | None = None
+
+
+class ProfileBody(RequestModel):
+    """A whole profile; absent `subscriptions` keep the stored ones (new: all subscribed)."""
+
+    id: Id | None = Field(default=None, description="If given, must equal the path's id.")
+    email: Email | None = None
+    phone: Phone | None = None
+    push_tokens: Annotated[list[PushToken], Field(max_length=100)] = Field(default_factory=list)
+    attributes: JsonObject = Field(default_factory=dict)
+    subscriptions: SubscriptionsPatch | None = None
+
+
+class ProfileLine(RequestModel):
+    """One NDJSON line of `POST /v1/profiles/import`: fields given replace the stored ones
+    (`attributes` are merged key by key); absent fields are kept."""
+
+    id: Id
+    email: Email | None = None
+    phone: Phone | None = None
+    push_tokens: Annotated[list[PushToken], Field(max_length=100)] | None = None
+    attributes: JsonObject | None = None
+    subscriptions: SubscriptionsPatch | None = None
+
+
+class MemberLine(RequestModel):
+    """One NDJSON line of `POST /v1/audiences/{id}/members`."""
+
+    profile_id: Id
+
+
+class Subscriptions(ResponseModel):
+    email: bool
+    sms: bool
+    push: bool
+
+
+class Profile(ResponseModel):
+    id: str
+    email: str | None
+    phone: str | None
+    push_tokens: list[str]
+    attributes: dict[str, Any]
+    subscriptions: Subscriptions
+    created_at: datetime
+    updated_at: datetime
+
+
+class AudienceBody(RequestModel):
+    name: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class Audience(ResponseModel):
+    id: str
+    name: str | None
+    size: int = Field(description="How many profiles are members.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class ImportQuery(QueryModel):
+    audience: Id | None = Field(default=None, description="Also add every imported profile.")
+
+
+class LineError(ResponseModel):
+    line: int = Field(description="1-based line number in the body (CSV: the header is line 1).")
+    reason: str
+
+
+class ImportResult(ResponseModel):
+    received: int = Field(description="Lines read (empty lines and the CSV header excluded).")
+    imported: int = Field(description="Good lines, upserted.")
+    created: int
+    updated: int
+    rejected: int
+    errors: list[LineError] = Field(description="The first 100 rejected lines.")
+    audience: str | None
+    added_to_audience: int
+
+
+class MembersResult(ResponseModel):
+    received: int
+    added: int
+    already_members: int
+    rejected: int = Field(description="Bad lines and unknown profile ids.")
+    errors: list[LineError] = Field(description="The first 100 rejected lines.")
+
+

@@ -1,0 +1,270 @@
+"""`POST /v1/campaigns/{id}/triggers`: the trigger, the hot path.
+
+One transaction, four round trips: lock the campaign row FOR SHARE (with any run
+already made under the idempotency key), insert the run and NOTIFY the engine
+in one statement, COPY the inline recipients, commit. Concurrent triggers of a
+windowed campaign do not queue on the row; a one-shot campaign's single run is
+guaranteed by the unique index `runs_one_shot`, concurrent duplicates of an
+idempotent request by `runs_idempotency_key` (ON CONFLICT DO NOTHING waits for
+the other insert, then this request answers with that run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from daemon.api import campaign_rules, signatures
+from daemon.api.auth import authenticate, check_scope
+from daemon.api.bodies import JSON_TYPES, read_limited, require_content_type
+from daemon.api.context import AppContext, context
+from daemon.api.operations import HeaderParam, Operation, Reply, register
+from daemon.api.problems import problem
+from daemon.api.schemas import TriggerAccepted, TriggerBody, TriggerPreview, TriggerQuery
+from daemon.api.validation import decode_json, invalid, parse, parse_query
+from daemon.api.views import iso
+from daemon.errors import FieldError, Problem
+from daemon.ids import new_run_id
+from daemon.logs import get_logger
+from daemon.models import CampaignStatus, TokenScope
+from daemon.store import Record, runs
+from daemon.store.runs import NewRun, TriggerTarget
+
+log = get_logger(__name__)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerRequest:
+    campaign_id: str
+    body: TriggerBody
+    recipients: list[dict[str, Any]] | None  # normalised: profile_id + the fields given
+    idempotency_key: str | None
+    request_hash: str
+
+
+def _recipient(item: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"profile_id": item.profile_id}
+    for name in ("email", "phone"):
+        value = getattr(item, name)
+        if value is not None:
+            data[name] = value
+    if item.push_tokens is not None:
+        data["push_tokens"] = list(item.push_tokens)
+    elif item.push_token is not None:
+        data["push_tokens"] = [item.push_token]
+    for name in ("attributes", "context"):
+        value = getattr(item, name)
+        if value is not None:
+            data[name] = value
+    return data
+
+
+async def _authenticate(request: web.Request, raw: bytes | None) -> str | None:
+    """Bearer (trigger scope) or Standard Webhooks; returns the webhook-id when signed."""
+    if "Authorization" in request.headers or not signatures.is_signed(request.headers):
+        check_scope(await authenticate(request), TokenScope.TRIGGER)
+        return None
+    ctx = context(request)
+    keys = signatures.signing_keys(ctx.config.auth.webhook_secrets)
+    return signatures.verify(keys, request.headers, raw or b"", ctx.clock.now())
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not _KEY.match(key):
+        raise invalid([FieldError(f"header.{IDEMPOTENCY_HEADER}",
+                                  "must be 1 to 255 printable ASCII characters")])
+    return key
+
+
+async def _read(request: web.Request) -> TriggerRequest:
+    ctx = context(request)
+    campaign_id = request.match_info["id"]
+    if not campaign_rules.valid_id(campaign_id):
+        raise problem(404, detail="no campaign with this id")
+    signed = "Authorization" not in request.headers and signatures.is_signed(request.headers)
+    if not signed:  # a bearer token is checked before the body is read
+        await _authenticate(request, None)
+    raw = b""
+    if request.body_exists:
+        require_content_type(request, JSON_TYPES)
+        raw = await read_limited(request, ctx.config.server.max_trigger_bytes)
+    key = await _authenticate(request, raw) if signed else _idempotency_key(request)
+    data = decode_json(raw) if raw.strip() else {}
+    body = parse(TriggerBody, data, context=campaign_rules.limits(ctx))
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return TriggerRequest(
+        campaign_id=campaign_id,
+        body=body,
+        recipients=[_recipient(r) for r in body.recipients] if body.recipients is not None
+        else None,
+        idempotency_key=key,
+        request_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+    )
+
+
+def _refusal(target: TriggerTarget, now: datetime) -> Problem | None:
+    """Why the campaign cannot take a trigger now (SPEC §3.1), or None."""
+    status = target.status
+    if status in (CampaignStatus.DRAFT, CampaignStatus.STOPPED):
+        return problem(409, "campaign_not_live", f"the campaign is {status.value}")
+    if target.end_at is not None and now >= target.end_at:
+        return problem(409, "campaign_ended", f"the campaign ended at {iso(target.end_at)}")
+    if target.end_at is None and (target.one_shot_taken or status is CampaignStatus.COMPLETED):
+        return problem(409, "campaign_already_triggered",
+                       "a one-shot campaign (no end_at) takes a single trigger")
+    if status is not CampaignStatus.LIVE:
+        return problem(409, "campaign_not_live", f"the campaign is {status.value}")
+    return None
+
+
+def _audience(trigger: TriggerRequest, target: TriggerTarget) -> str | None:
+    """The stored audience the run reads (None: inline recipients); 422 when there is none."""
+    if trigger.recipients is not None:
+        return None
+    audience = trigger.body.audience or target.audience_id
+    if audience is None:
+        raise invalid([FieldError("audience", "the campaign has no audience: "
+                                  "give audience or recipients")])
+    if not target.audience_exists:
+        raise invalid([FieldError("audience", f"no audience with id {audience!r}")])
+    return audience
+
+
+def _accepted(row: Record | dict[str, Any], campaign_id: str) -> dict[str, Any]:
+    run_id = row["run_id"]
+    return {
+        "run_id": run_id,
+        "campaign_id": campaign_id,
+        "status": row["run_status"],
+        "scheduled_for": iso(row["scheduled_for"]),
+        "links": {"run": f"/v1/runs/{run_id}"},
+    }
+
+
+def _replay(existing: Record, trigger: TriggerRequest) -> dict[str, Any]:
+    if existing["request_hash"] != trigger.request_hash:
+        raise problem(422, "idempotency_key_reused",
+                      "this idempotency key was used with a different body")
+    return _accepted(existing, trigger.campaign_id)
+
+
+async def _create(ctx: AppContext, trigger: TriggerRequest) -> tuple[dict[str, Any], bool]:
+    """The run for the trigger (created, or the one its key made): (answer, created)."""
+    now = ctx.clock.now()
+    key = trigger.idempotency_key
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        target = await runs.lock_trigger_target(
+            conn, trigger.campaign_id, key, trigger.body.audience,
+            check_audience=trigger.recipients is None,
+        )
+        if target is None:
+            raise problem(404, detail="no campaign with this id")
+        if target.existing is not None:
+            return _replay(target.existing, trigger), False
+        refusal = _refusal(target, now)
+        if refusal is not None:
+            raise refusal
+        audience = _audience(trigger, target)
+        start_at = target.start_at
+        run = NewRun(
+            id=new_run_id(now), campaign_id=trigger.campaign_id, audience_id=audience,
+            inline_count=len(trigger.recipients or ()), context=trigger.body.context or {},
+            idempotency_key=key, request_hash=trigger.request_hash, created_at=now,
+            scheduled_for=max(now, start_at) if start_at else now,
+            rate_per_second=target.rate_per_second, one_shot=target.end_at is None,
+        )
+        if await runs.insert_run(conn, run):
+            if trigger.recipients:
+                await runs.insert_inline_recipients(conn, run.id, [
+                    (r["profile_id"], {k: v for k, v in r.items() if k != "profile_id"})
+                    for r in trigger.recipients
+                ])
+            answer = {"run_id": run.id, "run_status": "scheduled",
+                      "scheduled_for": run.scheduled_for}
+            return _accepted(answer, trigger.campaign_id), True
+    # A unique constraint held another run: the same key (a concurrent duplicate) or the
+    # one-shot campaign's single run.
+    existing = await runs.keyed_run(ctx.pool, trigger.campaign_id, key) if key else None
+    if existing is not None:
+        return _replay(existing, trigger), False
+    raise problem(409, "campaign_already_triggered",
+                  "a one-shot campaign (no end_at) takes a single trigger")
+
+
+async def _preview(ctx: AppContext, trigger: TriggerRequest) -> dict[str, Any]:
+    """Validate like a real trigger (in a transaction that writes nothing), then preview."""
+    now = ctx.clock.now()
+    async with ctx.pool.acquire() as conn, conn.transaction(readonly=True):
+        target = await runs.lock_trigger_target(
+            conn, trigger.campaign_id, None, trigger.body.audience,
+            check_audience=trigger.recipients is None,
+        )
+        if target is None:
+            raise problem(404, detail="no campaign with this id")
+        refusal = _refusal(target, now)
+        if refusal is not None:
+            raise refusal
+        audience = _audience(trigger, target)
+    preview = importlib.import_module("daemon.preview")  # the engine's module
+    result: dict[str, Any] = await preview.preview_trigger(
+        ctx, trigger.campaign_id, audience_id=audience, recipients=trigger.recipients
+    )
+    return result
+
+
+async def trigger(request: web.Request) -> web.Response:
+    """Create a run of the campaign (202), or preview it with `?dry_run=true` (200)."""
+    ctx = context(request)
+    campaign_id = request.match_info.get("id", "")
+    try:
+        query = parse_query(TriggerQuery, request)
+        trigger_request = await _read(request)
+        if query.dry_run:
+            preview = await _preview(ctx, trigger_request)
+            ctx.metrics.trigger_requests.labels("200").inc()
+            return web.json_response(preview)
+        answer, created = await _create(ctx, trigger_request)
+    except Problem as exc:
+        ctx.metrics.trigger_requests.labels(str(exc.status)).inc()
+        log.info("trigger.rejected", campaign_id=campaign_id, code=exc.code, status=exc.status)
+        raise
+    ctx.metrics.trigger_requests.labels("202").inc()
+    log.info("trigger.accepted", campaign_id=campaign_id, run_id=answer["run_id"],
+             scheduled_for=answer["scheduled_for"], replay=not created,
+             recipients=len(trigger_request.recipients or ()))
+    return web.json_response(answer, status=202, headers={"Location": answer["links"]["run"]})
+
+
+OPERATIONS = [
+    Operation(
+        "POST", "/v1/campaigns/{id}/triggers", trigger, "triggerCampaign", "Trigger a campaign",
+        "triggers",
+        {202: Reply("The run was created (or, for a repeated idempotency key, found).",
+                    TriggerAccepted, ("Location",)),
+         200: Reply("`dry_run=true`: what the run would do; nothing was created.",
+                    TriggerPreview)},
+        (400, 404, 409, 413, 415, 422), body=TriggerBody, body_required=False,
+        query=TriggerQuery, token_scope=TokenScope.TRIGGER, signed=True,
+        headers=(HeaderParam(IDEMPOTENCY_HEADER, "Same key and body: the same run; same key, "
+                             "another body: 422 `idempotency_key_reused`."),),
+        description="Bearer token (scope `trigger` or `admin`) or a Standard Webhooks "
+        "signature; the `webhook-id` of a signed request is its idempotency key.",
+    ),
+]
+
+
+def add_routes(app: web.Application) -> None:
+    register(app, OPERATIONS)

@@ -1,0 +1,102 @@
+"""Stored rows as API JSON (the shapes of `schemas.py`): timestamps RFC 3339 in UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from daemon.store import Record
+from daemon.store.campaigns import CampaignRecord
+from daemon.store.runs import EXCLUSION_COLUMNS
+
+
+def iso(value: datetime | None) -> str | None:
+    """`2026-12-01T08:00:00Z` (UTC, with a Z), or None."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def campaign_view(record: CampaignRecord) -> dict[str, Any]:
+    spec = record.spec
+    return {
+        "id": spec.id,
+        "name": spec.name,
+        "channel": spec.channel.value,
+        "content": spec.content,
+        "audience": spec.audience_id,
+        "schedule": {"start_at": iso(spec.start_at), "end_at": iso(spec.end_at)},
+        "throttle": {"rate_per_second": spec.rate_per_second},
+        "status": record.status.value,
+        "created_at": iso(record.created_at),
+        "updated_at": iso(record.updated_at),
+        "activated_at": iso(record.activated_at),
+        "finished_at": iso(record.finished_at),
+    }
+
+
+def counts_view(row: Record) -> dict[str, Any]:
+    return {
+        "targeted": row["targeted"],
+        "sent": row["sent"],
+        "failed": row["failed"],
+        "pending": row["pending"],
+        "excluded": {
+            column.removeprefix("excluded_"): row[column] for column in EXCLUSION_COLUMNS
+        },
+    }
+
+
+def run_view(row: Record) -> dict[str, Any]:
+    """A run report, in SPEC §4.3's shape."""
+    return {
+        "id": row["id"],
+        "campaign_id": row["campaign_id"],
+        "status": row["status"],
+        "created_at": iso(row["created_at"]),
+        "scheduled_for": iso(row["scheduled_for"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "rate_per_second": row["rate_per_second"],
+        "deadline": iso(row["deadline"]),
+        "end_reason": row["end_reason"],
+        "counts": counts_view(row),
+    }
+
+
+def recipient_view(row: Record) -> dict[str, Any]:
+    return {
+        "position": row["position"],
+        "profile_id": row["profile_id"],
+        "status": row["status"],
+        "reason": row["reason"],
+        "error": row["error"],
+        "attempts": row["attempts"],
+        "provider_message_id": row["provider_message_id"],
+        "updated_at": iso(row["updated_at"]),
+    }
+
+
+def profile_view(row: Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "email": row["email"],
+        "phone": row["phone"],
+        "push_tokens": list(row["push_tokens"]),
+        "attributes": row["attributes"],
+        "subscriptions": {
+            "email": row["sub_email"], "sms": row["sub_sms"], "push": row["sub_push"],
+        },
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+    }
+
+
+def audience_view(row: Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "size": row["size"],
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+    }

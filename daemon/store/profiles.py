@@ -1,0 +1,150 @@
+"""Profiles: upsert, read, erase, and bulk imports through a COPY-loaded staging table."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from daemon.store import Connection, Executor, Record
+from daemon.store.audiences import BULK_TIMEOUT
+
+_COLUMNS = (
+    "id, email, phone, push_tokens, attributes, sub_email, sub_sms, sub_push, created_at, "
+    "updated_at"
+)
+
+# Which fields an import line gave (bits of `profile_import.given`).
+GIVEN_EMAIL, GIVEN_PHONE, GIVEN_PUSH_TOKENS, GIVEN_ATTRIBUTES = 1, 2, 4, 8
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileData:
+    email: str | None
+    phone: str | None
+    push_tokens: list[str]
+    attributes: dict[str, Any]
+    # None: keep the stored value (a new profile is subscribed).
+    sub_email: bool | None
+    sub_sms: bool | None
+    sub_push: bool | None
+
+
+async def upsert(
+    db: Executor, profile_id: str, data: ProfileData, now: datetime
+) -> tuple[Record, bool]:
+    """Create or replace the profile (subscriptions given as None are kept); (row, created)."""
+    row: Record = await db.fetchrow(
+        f"""
+        INSERT INTO profiles AS p (id, email, phone, push_tokens, attributes,
+                                   sub_email, sub_sms, sub_push, created_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, coalesce($6, true), coalesce($7, true), coalesce($8, true),
+                $9, $9)
+        ON CONFLICT (id) DO UPDATE SET
+            email = EXCLUDED.email, phone = EXCLUDED.phone, push_tokens = EXCLUDED.push_tokens,
+            attributes = EXCLUDED.attributes,
+            sub_email = coalesce($6, p.sub_email), sub_sms = coalesce($7, p.sub_sms),
+            sub_push = coalesce($8, p.sub_push), updated_at = $9
+        RETURNING {_COLUMNS}, (xmax = 0) AS created
+        """,
+        profile_id, data.email, data.phone, data.push_tokens, data.attributes,
+        data.sub_email, data.sub_sms, data.sub_push, now,
+    )
+    return row, bool(row["created"])
+
+
+async def get(db: Executor, profile_id: str) -> Record | None:
+    row: Record | None = await db.fetchrow(
+        f"SELECT {_COLUMNS} FROM profiles WHERE id = $1", profile_id
+    )
+    return row
+
+
+async def delete(db: Executor, profile_id: str) -> bool:
+    """Erase the profile and its audience memberships (ON DELETE CASCADE)."""
+    result: str = await db.execute("DELETE FROM profiles WHERE id = $1", profile_id)
+    return result == "DELETE 1"
+
+
+# -- bulk import -------------------------------------------------------------------------------
+
+IMPORT_COLUMNS = ("line", "id", "email", "phone", "push_tokens", "attributes", "sub_email",
+                  "sub_sms", "sub_push", "given")
+
+
+async def create_import_table(conn: Connection) -> None:
+    """The staging table of one import (dropped at commit)."""
+    await conn.execute(
+        """
+        CREATE TEMP TABLE profile_import (
+            line bigint, id text, email text, phone text, push_tokens text[], attributes jsonb,
+            sub_email boolean, sub_sms boolean, sub_push boolean, given integer
+        ) ON COMMIT DROP
+        """
+    )
+
+
+async def copy_import_rows(conn: Connection, rows: AsyncIterable[tuple[Any, ...]]) -> None:
+    """Stream rows (IMPORT_COLUMNS order) into the staging table with one COPY."""
+    await conn.copy_records_to_table("profile_import", records=rows, columns=IMPORT_COLUMNS,
+                                     timeout=BULK_TIMEOUT)
+
+
+_LATEST = "(SELECT DISTINCT ON (id) * FROM profile_import ORDER BY id, line DESC)"
+
+
+async def merge_import(conn: Connection, now: datetime) -> tuple[int, int]:
+    """Apply the staged lines (the last line of an id wins): fields given replace the stored
+    ones, attributes merge key by key, absent fields are kept. Returns (created, updated)."""
+    updated = await conn.execute(
+        f"""
+        UPDATE profiles p SET
+            email = CASE WHEN l.given & {GIVEN_EMAIL} <> 0 THEN l.email ELSE p.email END,
+            phone = CASE WHEN l.given & {GIVEN_PHONE} <> 0 THEN l.phone ELSE p.phone END,
+            push_tokens = CASE WHEN l.given & {GIVEN_PUSH_TOKENS} <> 0
+                               THEN coalesce(l.push_tokens, '{{}}') ELSE p.push_tokens END,
+            attributes = CASE WHEN l.given & {GIVEN_ATTRIBUTES} <> 0
+                              THEN p.attributes || coalesce(l.attributes, '{{}}')
+                              ELSE p.attributes END,
+            sub_email = coalesce(l.sub_email, p.sub_email),
+            sub_sms = coalesce(l.sub_sms, p.sub_sms),
+            sub_push = coalesce(l.sub_push, p.sub_push),
+            updated_at = $1
+        FROM {_LATEST} l
+        WHERE p.id = l.id
+        """,
+        now, timeout=BULK_TIMEOUT,
+    )
+    created = await conn.execute(
+        f"""
+        INSERT INTO profiles (id, email, phone, push_tokens, attributes, sub_email, sub_sms,
+                              sub_push, created_at, updated_at)
+        SELECT l.id, l.email, l.phone, coalesce(l.push_tokens, '{{}}'),
+               coalesce(l.attributes, '{{}}'), coalesce(l.sub_email, true),
+               coalesce(l.sub_sms, true), coalesce(l.sub_push, true), $1, $1
+        FROM {_LATEST} l
+        WHERE NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = l.id)
+        ON CONFLICT (id) DO NOTHING
+        """,
+        now, timeout=BULK_TIMEOUT,
+    )
+    return _count(created), _count(updated)
+
+
+async def add_imported_to_audience(conn: Connection, audience_id: str) -> int:
+    """Add every staged profile to the audience, in the order of their first line."""
+    result = await conn.execute(
+        """
+        INSERT INTO audience_members (audience_id, profile_id)
+        SELECT $1, id FROM profile_import GROUP BY id ORDER BY min(line)
+        ON CONFLICT DO NOTHING
+        """,
+        audience_id, timeout=BULK_TIMEOUT,
+    )
+    return _count(result)
+
+
+def _count(status: str) -> int:
+    """The row count of a command tag such as `INSERT 0 42` or `UPDATE 42`."""
+    return int(status.rsplit(" ", 1)[-1])
