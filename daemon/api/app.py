@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from daemon.api import health
+from daemon.api import (
+    audiences,
+    campaigns,
+    health,
+    openapi,
+    profiles,
+    runs,
+    triggers,
+    unsubscribe,
+)
 from daemon.api.context import CONTEXT, AppContext, context
 from daemon.api.problems import Handler, problem, problem_middleware
 
@@ -39,4 +48,4 @@ def build_app(ctx: AppContext) -> web.Application:
     return app
 
 
-ROUTE_MODULES = [health]
+ROUTE_MODULES = [health, openapi, campaigns, triggers, runs, profiles, audiences, unsubscribe]
