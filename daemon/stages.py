@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from daemon.providers import registry
 from daemon.service import StageFactory
 
 
 def default_stages() -> list[StageFactory]:
-    """Providers, then the engine that uses them (added by their modules)."""
-    return []
+    """Providers first (so they stop last, after the engine drained its sends)."""
+    return [registry.stage]

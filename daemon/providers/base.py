@@ -55,8 +55,13 @@ class SendResult:
 class Provider(Protocol):
     """A configured delivery service."""
 
-    name: str
-    settings: ProviderSettings
+    @property
+    def name(self) -> str:
+        """The provider's name in the config (`[providers.NAME]`)."""
+
+    @property
+    def settings(self) -> ProviderSettings:
+        """Its validated settings."""
 
     async def start(self) -> None:
         """Open sessions/pools. Called once before the first send."""

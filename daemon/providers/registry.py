@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
@@ -48,7 +48,7 @@ SERVICE_NAME = "providers"  # the registry's key in AppContext.services
 
 def build_provider(name: str, settings: ProviderSettings, clock: Clock) -> Provider:
     """The provider instance for one `[providers.NAME]` section (not started)."""
-    provider: object
+    provider: Provider
     match settings:
         case LogProviderSettings():
             provider = LogProvider(name, settings)
@@ -60,10 +60,7 @@ def build_provider(name: str, settings: ProviderSettings, clock: Clock) -> Provi
             provider = TwilioProvider(name, settings, clock=clock)
         case FcmProviderSettings():
             provider = FcmProvider(name, settings, clock=clock)
-    # Each class narrows `settings` to its own kind; the Protocol declares a settable
-    # attribute of the union, which mypy holds invariant. Declaring it read-only in
-    # base.Provider (a property) would make this cast unnecessary.
-    return cast(Provider, provider)
+    return provider
 
 
 class _Instance:
