@@ -1,0 +1,112 @@
+"""Run the benches: `python -m bench all [--smoke] [--repeat 3]`, or one: `python -m bench rate`.
+
+Each bench runs in its own process (`python -m bench.<name>`); its JSON object goes
+into one combined object on stdout, its human summary to stderr as it goes. With
+`--repeat N` each bench runs N times and every number is the median of the N.
+Exit 0 when every bench measured; in smoke mode a bench whose endpoints this daemon
+does not serve yet counts as skipped, not failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench.runner import EXIT_MISSING, machine
+
+BENCHES = ["rate", "throughput", "concurrent", "ingest", "start", "size", "recovery"]
+FULL_BUDGET_S = 600
+
+
+def median_of(values: list[Any]) -> Any:
+    """Numbers -> their median; dicts and equal-length lists -> element-wise; else the first."""
+    first = values[0]
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        middle = statistics.median(values)
+        return round(middle, 6) if isinstance(middle, float) else middle
+    if all(isinstance(v, dict) for v in values):
+        return {key: median_of([v[key] for v in values if key in v]) for key in first}
+    if all(isinstance(v, list) and len(v) == len(first) for v in values):
+        return [median_of(list(items)) for items in zip(*values, strict=True)]
+    return first
+
+
+def run_one(name: str, smoke: bool, database_url: str | None) -> tuple[int, dict[str, Any]]:
+    command = [sys.executable, "-m", f"bench.{name}"]
+    if smoke:
+        command.append("--smoke")
+    if database_url:
+        command += ["--database-url", database_url]
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    try:
+        document: dict[str, Any] = json.loads(completed.stdout)
+    except ValueError:
+        document = {"bench": name, "ok": False, "error": "no JSON output",
+                    "stdout": completed.stdout[-2000:]}
+    return completed.returncode, document
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="?", default="all", choices=["all", "list", *BENCHES])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds each (CI)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per bench; medians")
+    parser.add_argument("--only", default=None, help="comma-separated subset of the benches")
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+    if args.which == "list":
+        print("\n".join(BENCHES))
+        return
+    names = BENCHES if args.which == "all" else [args.which]
+    if args.only:
+        names = [name for name in names if name in args.only.split(",")]
+    began = time.monotonic()
+    results: dict[str, Any] = {}
+    failed: list[str] = []
+    skipped: list[str] = []
+    for name in names:
+        documents = []
+        for attempt in range(args.repeat):
+            print(f"== bench {name} ({attempt + 1}/{args.repeat})", file=sys.stderr, flush=True)
+            code, document = run_one(name, args.smoke, args.database_url)
+            documents.append(document)
+            if code == EXIT_MISSING and args.smoke:
+                skipped.append(name)
+                break
+            if code != 0:
+                failed.append(name)
+                break
+        ok = [d for d in documents if d.get("ok")]
+        results[name] = median_of(ok) if len(ok) == len(documents) else documents[-1]
+        results[name]["repeats"] = len(documents)
+    seconds = round(time.monotonic() - began, 1)
+    combined = {
+        "mode": "smoke" if args.smoke else "full",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "ok": not failed,
+        "failed": failed,
+        "skipped": skipped,
+        "seconds": seconds,
+        "benches": results,
+    }
+    print(json.dumps(combined, indent=2))
+    per_run = seconds / max(1, args.repeat)
+    print(f"== {len(names)} benches in {seconds} s"
+          + (f" ({per_run:.0f} s a round)" if args.repeat > 1 else "")
+          + (f"; FAILED: {', '.join(failed)}" if failed else "")
+          + (f"; skipped (endpoints missing): {', '.join(skipped)}" if skipped else ""),
+          file=sys.stderr)
+    if not args.smoke and per_run > FULL_BUDGET_S:
+        print(f"== over the {FULL_BUDGET_S} s budget", file=sys.stderr)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

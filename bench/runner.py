@@ -1,0 +1,98 @@
+"""The command line every bench shares: options, one JSON object out, exit codes.
+
+Exit codes: 0 measured; 1 the daemon misbehaved (did not send, failed a request...);
+3 an endpoint the bench needs is not served by this daemon (yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from bench.api import ApiMissing, BenchError
+
+EXIT_FAILED = 1
+EXIT_MISSING = 3
+
+
+@dataclass(frozen=True)
+class Options:
+    smoke: bool
+    database_url: str | None
+
+
+BenchFunction = Callable[[Options], Coroutine[Any, Any, dict[str, Any]]]
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def summarise(lines: list[str]) -> None:
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def main(name: str, bench: BenchFunction, description: str) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=description)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, for CI")
+    parser.add_argument("--database-url", default=None,
+                        help="PostgreSQL server to create the bench database on "
+                             "(default: BENCH_DATABASE_URL, the machine's, or embedded)")
+    args = parser.parse_args()
+    options = Options(smoke=args.smoke, database_url=args.database_url)
+    began = time.monotonic()
+    document: dict[str, Any] = {
+        "bench": name,
+        "mode": "smoke" if options.smoke else "full",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+    }
+    code = 0
+    try:
+        result = asyncio.run(bench(options))
+    except ApiMissing as exc:
+        document.update(ok=False, missing=str(exc))
+        print(f"bench {name}: skipped, {exc}", file=sys.stderr)
+        code = EXIT_MISSING
+    except BenchError as exc:
+        document.update(ok=False, error=str(exc))
+        print(f"bench {name}: FAILED: {exc}", file=sys.stderr)
+        code = EXIT_FAILED
+    except Exception as exc:
+        traceback.print_exc()
+        document.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        code = EXIT_FAILED
+    else:
+        summary = result.pop("summary", [])
+        document.update(ok=True, **result)
+        summarise([f"bench {name} ({document['mode']}):", *("  " + s for s in summary)])
+    document["seconds"] = round(time.monotonic() - began, 1)
+    print(json.dumps(document, indent=2))
+    sys.exit(code)
