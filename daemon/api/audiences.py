@@ -11,12 +11,11 @@ from aiohttp import web
 from daemon import imports
 from daemon.api import bulk, campaign_rules
 from daemon.api.auth import requires
-from daemon.api.bodies import read_json
 from daemon.api.context import context
 from daemon.api.operations import Operation, Reply, json_answer, register
 from daemon.api.problems import problem
 from daemon.api.schemas import Audience, AudienceBody, MembersResult
-from daemon.api.validation import parse
+from daemon.api.validation import parse, read_body
 from daemon.api.views import audience_view
 from daemon.imports import LineError
 from daemon.logs import get_logger
@@ -39,7 +38,7 @@ def _id(request: web.Request, name: str = "id", what: str = _NOT_FOUND) -> str:
 async def put(request: web.Request) -> web.Response:
     ctx = context(request)
     identifier = _id(request)
-    data = await read_json(request, ctx.config.server.max_body_bytes, allow_empty=True)
+    data = await read_body(request, ctx.config.server.max_body_bytes, allow_empty=True)
     body = parse(AudienceBody, {} if data is None else data)
     created = await audiences.put(ctx.pool, identifier, body.name, ctx.clock.now())
     row = await audiences.get(ctx.pool, identifier)

@@ -18,7 +18,6 @@ from aiohttp import web
 
 from daemon.api import campaign_rules
 from daemon.api.auth import requires
-from daemon.api.bodies import read_json
 from daemon.api.context import context
 from daemon.api.operations import Operation, Reply, json_answer, register
 from daemon.api.problems import problem
@@ -29,7 +28,14 @@ from daemon.api.schemas import (
     CampaignPage,
     CampaignPatch,
 )
-from daemon.api.validation import decode_cursor, encode_cursor, invalid, parse, parse_query
+from daemon.api.validation import (
+    decode_cursor,
+    encode_cursor,
+    invalid,
+    parse,
+    parse_query,
+    read_body,
+)
 from daemon.api.views import campaign_view, iso
 from daemon.errors import FieldError
 from daemon.ids import new_campaign_id
@@ -52,7 +58,7 @@ def campaign_id(request: web.Request) -> str:
 
 
 async def _body(request: web.Request) -> Any:
-    return await read_json(request, context(request).config.server.max_body_bytes)
+    return await read_body(request, context(request).config.server.max_body_bytes)
 
 
 def _location(record: CampaignRecord) -> dict[str, str]:

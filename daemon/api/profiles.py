@@ -11,12 +11,11 @@ from aiohttp import web
 from daemon import imports
 from daemon.api import bulk, campaign_rules
 from daemon.api.auth import requires
-from daemon.api.bodies import read_json
 from daemon.api.context import context
 from daemon.api.operations import Operation, Reply, json_answer, register
 from daemon.api.problems import problem
 from daemon.api.schemas import ImportQuery, ImportResult, Profile, ProfileBody
-from daemon.api.validation import invalid, parse, parse_query
+from daemon.api.validation import invalid, parse, parse_query, read_body
 from daemon.api.views import profile_view
 from daemon.errors import FieldError
 from daemon.logs import get_logger
@@ -47,7 +46,7 @@ def profile_id(request: web.Request) -> str:
 async def put(request: web.Request) -> web.Response:
     ctx = context(request)
     identifier = profile_id(request)
-    body = parse(ProfileBody, await read_json(request, ctx.config.server.max_body_bytes))
+    body = parse(ProfileBody, await read_body(request, ctx.config.server.max_body_bytes))
     if body.id is not None and body.id != identifier:
         raise invalid([FieldError("id", "differs from the id in the path")])
     subscriptions = body.subscriptions

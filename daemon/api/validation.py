@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from daemon.api.bodies import JSON_TYPES, read_limited, require_content_type
 from daemon.api.problems import problem
 from daemon.errors import FieldError, Problem
 
@@ -55,6 +56,18 @@ def decode_json(raw: bytes) -> Any:
         raise problem(400, "malformed_json", "the JSON is nested too deeply") from None
     except ValueError as exc:  # huge integers, 1e999, NaN
         raise problem(400, "malformed_json", f"invalid JSON: {exc}") from None
+
+
+async def read_body(request: web.Request, max_bytes: int, *, allow_empty: bool = False) -> Any:
+    """The JSON body: 415 unless application/json, 413 past `max_bytes`, 400 if malformed.
+    With `allow_empty`, a missing or blank body reads as None."""
+    if allow_empty and not request.body_exists:
+        return None
+    require_content_type(request, JSON_TYPES)
+    raw = await read_limited(request, max_bytes)
+    if allow_empty and not raw.strip():
+        return None
+    return decode_json(raw)
 
 
 def storable_errors(value: Any, root: str = "") -> list[FieldError]:

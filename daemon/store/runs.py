@@ -9,6 +9,8 @@ transaction (delivered at commit): `campaignd_runs` for new runs,
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -114,15 +116,24 @@ async def insert_run(conn: Connection, run: NewRun) -> bool:
     return row is not None
 
 
+def _quoted(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
 async def insert_inline_recipients(
     conn: Connection, run_id: str, recipients: Sequence[tuple[str, dict[str, Any]]]
 ) -> None:
-    """The trigger's recipients, in order (one COPY)."""
-    await conn.copy_records_to_table(
-        "run_inline_recipients",
-        records=[(run_id, position, profile_id, data)
-                 for position, (profile_id, data) in enumerate(recipients)],
-        columns=("run_id", "position", "profile_id", "data"),
+    """The trigger's recipients, in order, with one COPY. In CSV rather than binary: the
+    pool's jsonb codec is a text one, which binary COPY cannot use."""
+    prefix = _quoted(run_id) + ","
+    rows = [
+        f"{prefix}{position},{_quoted(profile_id)},"
+        f"{_quoted(json.dumps(data, separators=(',', ':'), ensure_ascii=False))}\n"
+        for position, (profile_id, data) in enumerate(recipients)
+    ]
+    await conn.copy_to_table(
+        "run_inline_recipients", source=io.BytesIO("".join(rows).encode()),
+        columns=("run_id", "position", "profile_id", "data"), format="csv",
     )
 
 

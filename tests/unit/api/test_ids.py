@@ -21,3 +21,10 @@ def test_prefixed_ids_are_valid_client_ids_too() -> None:
     now = datetime(2026, 3, 1, tzinfo=UTC)
     assert re.fullmatch(r"run_[0-9A-Z]{26}", new_run_id(now))
     assert re.match(ID_PATTERN, new_campaign_id(now))
+
+
+def test_ids_increase_within_one_millisecond_and_when_the_clock_steps_back() -> None:
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    ids = [ulid(now) for _ in range(50)] + [ulid(now - timedelta(seconds=1)) for _ in range(5)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
