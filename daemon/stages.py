@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from daemon import engine
 from daemon.providers import registry
 from daemon.service import StageFactory
 
 
 def default_stages() -> list[StageFactory]:
-    """Providers first (so they stop last, after the engine drained its sends)."""
-    return [registry.stage]
+    """Providers, then the engine that uses them: the engine stops (drains) first."""
+    return [registry.stage, engine.stage]

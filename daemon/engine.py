@@ -1,0 +1,282 @@
+"""The run engine, a daemon stage: leases, heartbeat, scheduler, listener, campaign workers.
+
+Every instance runs a scheduler; a campaign's runs are executed by the instance
+holding its lease (`engine_leases`, expiry in database time). The holder renews all
+its leases in one statement every `lease_ttl / 4`, and stops calling providers for a
+campaign once `lease_ttl − max(1 s, lease_ttl/3)` has passed since its last successful
+renewal: well before another instance could take the lease over. A worker that ends
+(nothing left, or stop) lets its lease expire one second later, so the next holder's
+first call comes at least a second after our last one and the rate's one-second
+windows hold across the hand-over.
+
+Stop (the service calls `stop` after the HTTP server is down): the scheduler, listener
+and heartbeat stop; every worker stops claiming, lets its calls in flight finish
+within the grace (or until forced), writes every outcome and releases the claims it
+never sent; the leases are released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import uuid
+from typing import TYPE_CHECKING
+
+from daemon import unsubscribe
+from daemon.config import Config
+from daemon.delivery import DeliverySettings
+from daemon.execution import DB_ERRORS
+from daemon.fanout import CampaignWorker, ProviderSource, WorkerServices
+from daemon.logs import get_logger
+from daemon.ratelimit import Pacer, ProviderGates
+from daemon.scheduler import Scheduler
+from daemon.store import engine as engine_store
+from daemon.store import leases
+from daemon.store.listen import Listener
+
+if TYPE_CHECKING:
+    from daemon.api.context import AppContext
+
+log = get_logger(__name__)
+
+SERVICE_NAME = "engine"
+RUNS_CHANNEL = "campaignd_runs"
+CONTROL_CHANNEL = "campaignd_control"
+RELEASE_LINGER = 1.0  # a released lease stays ours this long (the rate's window)
+
+
+class HeldLease:
+    """Our lease on a campaign, as we may rely on it: valid until a local monotonic time."""
+
+    def __init__(self, engine: Engine, campaign_id: str, generation: int, since: float) -> None:
+        self._engine = engine
+        self.campaign_id = campaign_id
+        self.generation = generation
+        self.valid_until = 0.0
+        self.renewed(since)
+
+    def renewed(self, since: float) -> None:
+        """The database extended it by ttl from a moment after `since` (monotonic)."""
+        ttl = self._engine.lease_ttl
+        self.valid_until = since + ttl - min(max(1.0, ttl / 3), ttl / 2)
+
+    def lose(self) -> None:
+        self.valid_until = float("-inf")
+
+    def valid(self) -> bool:
+        return self._engine.clock.monotonic() < self.valid_until
+
+
+class Engine:
+    """The stage: start() once the pool exists, stop(grace, force) drains."""
+
+    name = "engine"
+
+    def __init__(self, ctx: AppContext, *, providers: ProviderSource | None = None,
+                 holder: str | None = None) -> None:
+        self.ctx = ctx
+        self.clock = ctx.clock
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_ttl = ctx.config.engine.lease_ttl
+        self._given_providers = providers
+        self._own_registry: object | None = None
+        self._workers: dict[str, CampaignWorker | None] = {}
+        self._leases: dict[str, HeldLease] = {}
+        self._pacers: dict[str, Pacer] = {}
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._grace = ctx.config.server.shutdown_grace
+        self._main: asyncio.Task[None] | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self.scheduler = Scheduler(ctx.pool, ctx.clock, self.holder, self.start_worker)
+        self.services: WorkerServices | None = None
+
+    # -- stage --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        providers = self._given_providers or self.ctx.services.get("providers")
+        if providers is None:
+            from daemon.providers.registry import ProviderRegistry
+
+            registry = ProviderRegistry(self.ctx.config, clock=self.clock)
+            await registry.start()
+            self._own_registry = registry
+            providers = registry
+        config = self.ctx.config
+        self.services = WorkerServices(
+            pool=self.ctx.pool, clock=self.clock, metrics=self.ctx.metrics,
+            providers=providers, gates=ProviderGates(), holder=self.holder,
+            delivery=DeliverySettings.from_config(config),
+            unsubscribe_key=await unsubscribe.load_key(self.ctx.pool),
+            checkpoint_interval=config.engine.checkpoint_interval,
+            time_cap=config.limits.time_cap,
+        )
+        self.ctx.services[SERVICE_NAME] = self
+        self._main = asyncio.get_running_loop().create_task(self._supervise(), name="engine")
+        self._main.add_done_callback(self._main_done)
+        log.info("engine.started", holder=self.holder, lease_ttl=self.lease_ttl)
+
+    async def stop(self, grace: float, force: asyncio.Event) -> None:
+        self._grace = grace
+        relay = asyncio.ensure_future(self._relay(force))
+        self._stop.set()
+        try:
+            if self._main is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._main)
+        finally:
+            relay.cancel()
+            registry = self._own_registry
+            if registry is not None:
+                from daemon.providers.registry import ProviderRegistry
+
+                assert isinstance(registry, ProviderRegistry)
+                await registry.close()
+        log.info("engine.stopped")
+
+    async def _relay(self, force: asyncio.Event) -> None:
+        await force.wait()
+        self._force.set()
+
+    async def reload(self, config: Config) -> None:
+        if self.services is not None:
+            self.services.delivery = DeliverySettings.from_config(config)
+            self.services.checkpoint_interval = config.engine.checkpoint_interval
+            self.services.time_cap = config.limits.time_cap
+        registry = self._own_registry
+        if registry is not None:
+            from daemon.providers.registry import ProviderRegistry
+
+            assert isinstance(registry, ProviderRegistry)
+            await registry.reload(config)
+
+    def _main_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        log.critical("engine.failed", error=repr(task.exception()), exc_info=task.exception())
+        # A dead engine must not leave a daemon that accepts triggers it will never run.
+        signal.raise_signal(signal.SIGTERM)
+
+    # -- supervision ------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        listener = Listener(
+            self.ctx.pool, self.clock,
+            {RUNS_CHANNEL: self.scheduler.run_created, CONTROL_CHANNEL: self._control},
+            on_connect=self._reconnected,
+        )
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            background = [
+                group.create_task(listener.run(), name="engine.listener"),
+                group.create_task(self.scheduler.run(), name="engine.scheduler"),
+                group.create_task(self._heartbeat(), name="engine.heartbeat"),
+            ]
+            await self._stop.wait()
+            for task in background:
+                task.cancel()
+        self._group = None
+
+    def _reconnected(self) -> None:
+        self.scheduler.wake()
+        for worker in self._workers.values():
+            if worker is not None:
+                worker.wake_control()
+
+    def _control(self, run_id: str) -> None:
+        """A NOTIFY on the control channel (cancel, stop): the worker holding it re-reads."""
+        for worker in self._workers.values():
+            if worker is not None and (run_id in worker.runs or not run_id):
+                worker.wake_control()
+                return
+        for worker in self._workers.values():  # not known yet (starting): everyone looks
+            if worker is not None:
+                worker.wake_control()
+
+    def start_worker(self, campaign_id: str) -> None:
+        """The scheduler found work for this campaign: poke its worker, or start one."""
+        if campaign_id in self._workers:
+            worker = self._workers[campaign_id]
+            if worker is not None:
+                worker.wake_control()
+            return
+        if self._group is None or self._stop.is_set():
+            return
+        self._workers[campaign_id] = None
+        self._group.create_task(self._run_worker(campaign_id), name=f"worker:{campaign_id}")
+
+    async def _run_worker(self, campaign_id: str) -> None:
+        assert self.services is not None
+        lease: HeldLease | None = None
+        try:
+            since = self.clock.monotonic()
+            generation = await leases.acquire(self.ctx.pool, campaign_id, self.holder,
+                                              self.lease_ttl)
+            if generation is None:
+                return  # another live instance holds it
+            lease = HeldLease(self, campaign_id, generation, since)
+            self._leases[campaign_id] = lease
+            log.info("lease.acquired", campaign_id=campaign_id, generation=generation)
+            campaign = await engine_store.load_campaign(self.ctx.pool, campaign_id)
+            if campaign is None:
+                return
+            worker = CampaignWorker(self.services, campaign, lease, self._pacer(campaign_id,
+                                    campaign.rate_per_second))
+            self._workers[campaign_id] = worker
+            await worker.run(self._stop, lambda: self._grace, self._force)
+        except DB_ERRORS as exc:
+            log.warning("engine.database_error", action="worker", campaign_id=campaign_id,
+                        error=str(exc))
+        finally:
+            self._workers.pop(campaign_id, None)
+            self._leases.pop(campaign_id, None)
+            if lease is not None and lease.valid():
+                with contextlib.suppress(*DB_ERRORS):
+                    await leases.release(self.ctx.pool, self.holder, [campaign_id],
+                                         RELEASE_LINGER)
+            self.scheduler.wake()
+
+    def _pacer(self, campaign_id: str, rate: int | None) -> Pacer | None:
+        """The campaign's pacer on this instance: kept across its workers, so a new worker
+        for the same campaign continues the same windows."""
+        if rate is None:
+            self._pacers.pop(campaign_id, None)
+            return None
+        for other, pacer in list(self._pacers.items()):  # forget the long idle ones
+            if other != campaign_id and other not in self._workers and pacer.idle_for() > 5.0:
+                del self._pacers[other]
+        known = self._pacers.get(campaign_id)
+        if known is not None and known.rate == rate:
+            return known
+        pacer = self._pacers[campaign_id] = Pacer(rate)
+        return pacer
+
+    async def _heartbeat(self) -> None:
+        """Renew every lease we hold, each `lease_ttl / 4`; a lease not renewed is lost."""
+        while True:
+            await self.clock.sleep(self.lease_ttl / 4)
+            held = dict(self._leases)
+            if not held:
+                continue
+            since = self.clock.monotonic()
+            try:
+                kept = await leases.renew(self.ctx.pool, self.holder, list(held), self.lease_ttl)
+            except DB_ERRORS as exc:
+                log.warning("lease.renew_failed", campaigns=len(held), error=str(exc))
+                continue
+            for campaign_id, lease in held.items():
+                if campaign_id in kept:
+                    lease.renewed(since)
+                elif self._leases.get(campaign_id) is lease:
+                    lease.lose()  # taken over: its worker logs lease.lost and stops
+                    worker = self._workers.get(campaign_id)
+                    if worker is not None:
+                        worker.wake_control()
+
+
+def stage(ctx: AppContext) -> Engine:
+    """The factory for `daemon.stages`."""
+    return Engine(ctx)

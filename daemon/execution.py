@@ -1,0 +1,415 @@
+"""The life of a campaign's runs on the lease holder: start, activate, deadline, cancel, end.
+
+`CampaignRuns` is the control half of a campaign worker (the sending half is
+`fanout.CampaignWorker`, which extends it). Its `control_loop` adopts the runs a
+previous holder left running (clearing their in-flight marks: those recipients are
+sent again), queues due scheduled runs for `starter_loop` (which freezes them ahead
+of their start), activates each run at its first delivery time, and closes runs at
+their deadline, on a cancel request, or when nothing is left to send. A close waits
+for the run's calls in flight, writes every outcome, then excludes what is left and
+sets the end reason, in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+import asyncpg
+
+from daemon import planner
+from daemon.delivery import RENDER_ERROR, RunExecution, RunState
+from daemon.errors import ProviderError
+from daemon.logs import get_logger
+from daemon.models import ExclusionReason, RunStatus
+from daemon.store import engine as engine_store
+from daemon.store import profiles_tokens
+from daemon.store import recipients as recipient_store
+from daemon.store.engine import Campaign, RunRow
+
+if TYPE_CHECKING:
+    from daemon.fanout import WorkerServices
+    from daemon.report import Recorder
+
+log = get_logger(__name__)
+
+PREPARE_AHEAD = 2.0  # runs are frozen up to this long before their first delivery
+CONTROL_TICK = 0.5  # cancel requests and new runs are polled at least this often
+PROGRESS_EVERY = 10.0  # run.progress period
+IDLE_EXIT = 2.0  # a worker with nothing to do for this long ends (and frees its lease)
+DB_RETRY_MAX = 5.0
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+class Lease(Protocol):
+    def valid(self) -> bool: ...
+
+
+class CampaignRuns:
+    """The runs of one campaign executing on this instance (control half of the worker)."""
+
+    recorder: Recorder
+    content_error: str | None
+
+    def __init__(self, services: WorkerServices, campaign: Campaign, lease: Lease) -> None:
+        self.services = services
+        self.campaign = campaign
+        self.lease = lease
+        self.clock = services.clock
+        self.runs: dict[str, RunExecution] = {}
+        self.stopping = False
+        self.log = log.bind(campaign_id=campaign.id)
+        self.campaign_variables: dict[str, Any] = {
+            "id": campaign.id, "name": campaign.name, "channel": campaign.channel.value}
+        self.group: asyncio.TaskGroup | None = None
+        self._control_wake = asyncio.Event()
+        self._start_queue: deque[RunRow] = deque()
+        self._start_wake = asyncio.Event()
+        self._starting: set[str] = set()
+        self._closing: dict[str, asyncio.Task[None]] = {}
+        self._idle_since: float | None = None
+        self._error_log: dict[str, tuple[float, int]] = {}
+        self._dead_tokens: list[tuple[str, str]] = []
+
+    # hooks of the sending half
+    def mark_ready(self, run: RunExecution) -> None:
+        raise NotImplementedError
+
+    def wake_feeder(self) -> None:
+        raise NotImplementedError
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def wake_control(self) -> None:
+        """Re-read the runs now (a NOTIFY, a new trigger, a sender saw something)."""
+        self._control_wake.set()
+
+    async def wait(self, event: asyncio.Event, seconds: float | None) -> None:
+        """Until `event` is set or `seconds` have passed on the clock."""
+        if event.is_set() or (seconds is not None and seconds <= 0):
+            return
+        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(event.wait())]
+        if seconds is not None:
+            tasks.append(asyncio.ensure_future(self.clock.sleep(seconds)))
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def retrying(self, action: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run `action`; on a database error, log it and try again (backing off)."""
+        delay = 0.1
+        while True:
+            try:
+                await action()
+                return
+            except DB_ERRORS as exc:
+                self.log.warning("engine.database_error", action=what, error=str(exc),
+                                 retry_in=round(delay, 2))
+            await self.clock.sleep(delay)
+            delay = min(delay * 2, DB_RETRY_MAX)
+
+    def may_call(self, run: RunExecution) -> bool:
+        """Whether a provider call for `run` may start now (checked just before it)."""
+        if self.stopping or run.state is not RunState.ACTIVE:
+            return False
+        if not self.lease.valid():
+            self.wake_control()
+            return False
+        deadline = run.row.deadline
+        if deadline is not None and self.clock.now() >= deadline:
+            self.begin_close(run, exclude_as=run.row.deadline_reason)
+            return False
+        return True
+
+    def note_provider_error(self, provider: str, error: ProviderError, run_id: str) -> None:
+        """`provider.error`, at most once a second per provider (with how many were folded)."""
+        now = self.clock.monotonic()
+        last, folded = self._error_log.get(provider, (float("-inf"), 0))
+        if now - last < 1.0:
+            self._error_log[provider] = (last, folded + 1)
+            return
+        self._error_log[provider] = (now, 0)
+        self.log.warning("provider.error", provider=provider, run_id=run_id, reason=error.reason,
+                         transient=type(error).__name__ == "TransientError", folded=folded)
+
+    def note_dead_tokens(self, profile_id: str, tokens: tuple[str, ...]) -> None:
+        self._dead_tokens.extend((profile_id, token) for token in tokens)
+
+    async def write_dead_tokens(self) -> None:
+        """Remove the push tokens the provider reported dead (one statement per batch)."""
+        if not self._dead_tokens:
+            return
+        batch, self._dead_tokens = self._dead_tokens, []
+        try:
+            removed = await profiles_tokens.remove_push_tokens(self.services.pool, batch)
+        except DB_ERRORS as exc:
+            self._dead_tokens.extend(batch)  # next time
+            self.log.warning("engine.database_error", action="remove_push_tokens",
+                             error=str(exc))
+            return
+        self.log.info("profiles.push_tokens_removed", tokens=len(batch), profiles=removed)
+
+    # -- control ------------------------------------------------------------------------------
+
+    async def control_loop(self) -> None:
+        """Returns when the worker should end: nothing left to do, or the lease is lost."""
+        await self.retrying(self._adopt, "adopt")
+        while True:
+            if not self.lease.valid():
+                self.log.warning("lease.lost", runs=sorted(self.runs))
+                return
+            await self.retrying(self._refresh, "refresh")
+            self._tick()
+            if self._idle_long_enough():
+                return
+            await self.wait(self._control_wake, self._control_timeout())
+            self._control_wake.clear()
+
+    async def _adopt(self) -> None:
+        """Take over the runs left running (by a previous holder, or by us before a restart)."""
+        now = self.clock.now()
+        rows = await engine_store.campaign_runs(self.services.pool, self.campaign.id,
+                                                now + timedelta(seconds=PREPARE_AHEAD))
+        running = [row for row in rows if row.status is RunStatus.RUNNING]
+        if running:
+            await self._resume(running)
+
+    async def _resume(self, rows: list[RunRow]) -> None:
+        ids = [row.id for row in rows]
+        recovered = await recipient_store.recover(self.services.pool, ids)
+        counts = {row["id"]: engine_store.counts_of(row)
+                  for row in await engine_store.control_rows(self.services.pool, ids)}
+        for row in rows:
+            run = RunExecution(row=row, campaign_variables=self.campaign_variables,
+                               counts=counts.get(row.id, {}))
+            self._add(run)
+            self.log.info("run.resumed", run_id=row.id, pending=run.counts.get("pending"),
+                          deadline=row.deadline, recovered_in_flight=recovered)
+        if recovered:
+            self.log.warning("run.recovered", runs=ids, in_flight=recovered)
+
+    def _add(self, run: RunExecution) -> None:
+        self.runs[run.id] = run
+        run.progress_at = self.clock.monotonic()
+        self.services.metrics.runs_active.inc()
+        if self.clock.now() >= run.first_delivery:
+            self._activate(run)
+        self.wake_feeder()
+
+    def _activate(self, run: RunExecution) -> None:
+        run.state = RunState.ACTIVE
+        run.started_mono = self.clock.monotonic()
+        self.mark_ready(run)
+
+    async def _refresh(self) -> None:
+        now = self.clock.now()
+        rows = await engine_store.campaign_runs(self.services.pool, self.campaign.id,
+                                                now + timedelta(seconds=PREPARE_AHEAD))
+        unknown: list[RunRow] = []
+        seen: set[str] = set()
+        for row in rows:
+            seen.add(row.id)
+            run = self.runs.get(row.id)
+            if row.status is RunStatus.SCHEDULED:
+                if row.id not in self._starting:
+                    self._starting.add(row.id)
+                    self._start_queue.append(row)
+                    self._start_wake.set()
+            elif run is None:
+                if row.id not in self._starting:
+                    unknown.append(row)
+            elif row.cancel_requested and run.state in (RunState.WAITING, RunState.ACTIVE):
+                self.begin_close(run, exclude_as=ExclusionReason.CANCELLED)
+        for run_id, run in list(self.runs.items()):
+            if run_id not in seen and run.state is not RunState.CLOSING:
+                self.log.warning("run.vanished", run_id=run_id)  # ended or deleted elsewhere
+                self._forget(run)
+        if unknown:
+            await self._resume(unknown)
+
+    def _tick(self) -> None:
+        now = self.clock.now()
+        mono = self.clock.monotonic()
+        pending = 0
+        for run in list(self.runs.values()):
+            if run.state in (RunState.WAITING, RunState.ACTIVE):
+                if self.content_error is not None:
+                    self.begin_close(run, fail_reason=RENDER_ERROR)
+                    continue
+                deadline = run.row.deadline
+                if deadline is not None and now >= deadline:
+                    self.begin_close(run, exclude_as=run.row.deadline_reason)
+                    continue
+                if run.state is RunState.WAITING and now >= run.first_delivery:
+                    self._activate(run)
+            if run.state is RunState.ACTIVE and mono - run.progress_at >= PROGRESS_EVERY:
+                self._progress(run, mono)
+            pending += run.counts.get("pending", 0)
+        self.services.metrics.pending.labels(self.campaign.id).set(pending)
+
+    def _progress(self, run: RunExecution, mono: float) -> None:
+        achieved = (run.calls - run.progress_calls) / max(mono - run.progress_at, 1e-9)
+        run.progress_calls, run.progress_at = run.calls, mono
+        counts = run.counts
+        pending = counts.get("pending", 0)
+        rate = self.campaign.rate_per_second or (achieved if achieved > 0 else None)
+        eta = planner.eta_seconds(pending, rate)
+        self.services.metrics.achieved_rate.labels(self.campaign.id).set(achieved)
+        self.log.info("run.progress", run_id=run.id, sent=counts.get("sent", 0),
+                      failed=counts.get("failed", 0), pending=pending,
+                      achieved_rate=round(achieved, 2),
+                      eta_seconds=round(eta, 1) if eta is not None else None,
+                      deadline=run.row.deadline)
+
+    def _control_timeout(self) -> float:
+        now = self.clock.now()
+        timeout = CONTROL_TICK
+        for run in self.runs.values():
+            if run.state is RunState.WAITING:
+                timeout = min(timeout, (run.first_delivery - now).total_seconds())
+            if run.state is RunState.ACTIVE and run.row.deadline is not None:
+                timeout = min(timeout, (run.row.deadline - now).total_seconds())
+        return max(timeout, 0.0)
+
+    def _idle_long_enough(self) -> bool:
+        busy = self.runs or self._starting or self._closing
+        if busy:
+            self._idle_since = None
+            return False
+        mono = self.clock.monotonic()
+        if self._idle_since is None:
+            self._idle_since = mono
+        return mono - self._idle_since >= IDLE_EXIT
+
+    # -- start ----------------------------------------------------------------------------------
+
+    async def starter_loop(self) -> None:
+        """Freeze the due scheduled runs, one at a time, in start order."""
+        while True:
+            while self._start_queue:
+                row = self._start_queue.popleft()
+                try:
+                    await self.retrying(functools.partial(self._start, row), "start")
+                finally:
+                    self._starting.discard(row.id)
+            self._start_wake.clear()
+            await self._start_wake.wait()
+
+    async def _start(self, row: RunRow) -> None:
+        now = self.clock.now()
+        async with self.services.pool.acquire() as conn:
+            started = await engine_store.start_run(conn, row.id, self.campaign, now=now,
+                                                   time_cap=self.services.time_cap)
+        if started is None:
+            return  # cancelled meanwhile
+        counts = started.counts
+        plan = started.plan
+        self.log.info(
+            "run.started", run_id=row.id, targeted=counts.targeted, eligible=counts.eligible,
+            excluded={k: v for k, v in counts.excluded.items() if v},
+            pending=counts.pending, started_at=plan.started_at, deadline=plan.deadline,
+            deadline_reason=plan.deadline_reason, capacity=plan.capacity,
+            rate_per_second=started.run.rate_per_second,
+        )
+        full = {column: 0 for column in recipient_store.COUNT_COLUMNS}
+        full.update(targeted=counts.targeted, pending=counts.pending,
+                    **{f"excluded_{k}": v for k, v in counts.excluded.items()})
+        run = RunExecution(row=started.run, campaign_variables=self.campaign_variables,
+                           counts=full)
+        self._add(run)
+        if counts.pending == 0:
+            self.begin_close(run)
+        self.wake_control()
+
+    # -- end ------------------------------------------------------------------------------------
+
+    async def check_finished(self) -> None:
+        """Close the active runs with nothing left to send (every outcome written)."""
+        now = self.clock.now()
+        for run in list(self.runs.values()):
+            if run.state is not RunState.ACTIVE or not run.fresh_exhausted or run.queue \
+                    or run.held:
+                continue
+            if run.unrecorded:
+                self.recorder.request_flush()
+                continue
+            if run.next_retry_at is not None and run.next_retry_at > now:
+                continue
+            pending, next_retry = await recipient_store.retry_state(self.services.pool, run.id)
+            if pending == 0:
+                self.begin_close(run)
+            elif next_retry is not None:
+                run.next_retry_at = next_retry
+            else:  # pending rows we did not see (released by someone): scan again
+                run.fresh_exhausted = False
+                run.cursor = -1
+
+    def begin_close(self, run: RunExecution, *, exclude_as: ExclusionReason | None = None,
+                    fail_reason: str | None = None) -> None:
+        if run.state in (RunState.CLOSING, RunState.DONE) or self.group is None:
+            return
+        run.state = RunState.CLOSING
+        self._closing[run.id] = self.group.create_task(
+            self._close(run, exclude_as, fail_reason), name=f"close:{run.id}")
+
+    async def _close(self, run: RunExecution, exclude_as: ExclusionReason | None,
+                     fail_reason: str | None) -> None:
+        try:
+            await run.idle.wait()  # calls in flight for this run finish and are recorded
+            await self.recorder.flush_now()
+            closed: list[engine_store.ClosedRun | None] = []
+
+            async def close() -> None:
+                async with self.services.pool.acquire() as conn:
+                    closed.append(await engine_store.close_run(
+                        conn, run.id, self.campaign.id, now=self.clock.now(),
+                        exclude_as=exclude_as, fail_reason=fail_reason))
+
+            await self.retrying(close, "close_run")
+            result = closed[-1]
+            if result is None:
+                if exclude_as is None and fail_reason is None and run.id in self.runs:
+                    run.state, run.fresh_exhausted, run.cursor = RunState.ACTIVE, False, -1
+                    self.mark_ready(run)
+                    self.wake_feeder()
+                    return
+                self._forget(run)
+                return
+            self._finished(run, result, exclude_as)
+        finally:
+            self._closing.pop(run.id, None)
+            self.wake_control()
+
+    def _finished(self, run: RunExecution, result: engine_store.ClosedRun,
+                  exclude_as: ExclusionReason | None) -> None:
+        counts = result.counts
+        excluded = engine_store.excluded_of(counts)
+        if result.newly_excluded and exclude_as in (ExclusionReason.TIME_CAP,
+                                                    ExclusionReason.CAMPAIGN_END):
+            self.log.info("run.excluded", run_id=run.id, reason=exclude_as,
+                          count=result.newly_excluded)
+        started = run.row.started_at
+        duration = (self.clock.now() - started).total_seconds() if started else None
+        self.log.info(
+            "run.finished", run_id=run.id, status=result.status, end_reason=result.end_reason,
+            targeted=counts["targeted"], sent=counts["sent"], failed=counts["failed"],
+            pending=counts["pending"], excluded=excluded,
+            duration_seconds=round(duration, 3) if duration is not None else None,
+            calls=run.calls,
+        )
+        if result.campaign_completed:
+            self.log.info("campaign.completed", reason="one_shot_run_ended", run_id=run.id)
+        self._forget(run)
+
+    def _forget(self, run: RunExecution) -> None:
+        run.state = RunState.DONE
+        run.queue.clear()
+        run.unrecorded = 0
+        if self.runs.pop(run.id, None) is not None:
+            self.services.metrics.runs_active.dec()

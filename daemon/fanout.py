@@ -1,0 +1,425 @@
+"""A campaign's worker on the instance holding its lease: claim, pace, send, record.
+
+Tasks (one TaskGroup, all named): `control` (runs to start, activate at their first
+delivery time, deadlines, cancels, progress, the worker's end), `starter` (freezes
+due runs, one at a time), `feeder` (claims recipients in batches, in position order,
+within the claim window; notices runs that are done), `recorder` (writes outcomes),
+and a fixed pool of `sender` coroutines shared by all the campaign's runs, which take
+recipients round-robin between runs (fair), and pass the campaign pacer and the
+provider's gate before each call.
+
+No provider call starts unless its run is active, before its deadline, with the lease
+valid and the worker not stopping: that check is the last thing before the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from daemon import delivery, planner
+from daemon.clock import Clock
+from daemon.delivery import DeliverySettings, RunExecution, RunState
+from daemon.errors import PermanentError, ProviderError, TransientError
+from daemon.execution import CampaignRuns, Lease
+from daemon.logs import get_logger
+from daemon.metrics import Metrics
+from daemon.models import Channel
+from daemon.providers.base import Provider, SendResult
+from daemon.ratelimit import Pacer, ProviderGate, ProviderGates
+from daemon.report import Flushed, Recorder
+from daemon.store import Pool
+from daemon.store import recipients as recipient_store
+from daemon.store.engine import Campaign, counts_of
+from daemon.store.recipients import Claimed, OutcomeRow
+from daemon.templates import CompiledContent, RenderError, TemplateProblem
+
+log = get_logger(__name__)
+
+
+class ProviderSource(Protocol):
+    """Where the worker finds the provider of a channel (the registry)."""
+
+    def for_channel(self, channel: Channel) -> Provider: ...
+
+
+@dataclass
+class WorkerServices:
+    """What every campaign worker shares (built by the engine)."""
+
+    pool: Pool
+    clock: Clock
+    metrics: Metrics
+    providers: ProviderSource
+    gates: ProviderGates
+    holder: str
+    delivery: DeliverySettings
+    unsubscribe_key: bytes | None
+    checkpoint_interval: float
+    time_cap: float
+
+
+class CampaignWorker(CampaignRuns):
+    """Executes one campaign's runs until none is left or it is stopped."""
+
+    def __init__(self, services: WorkerServices, campaign: Campaign, lease: Lease,
+                 pacer: Pacer | None) -> None:
+        provider = services.providers.for_channel(campaign.channel)
+        self.sizes = planner.pipeline_sizes(campaign.rate_per_second,
+                                            provider.settings.concurrency)
+        super().__init__(services, campaign, lease)
+        self.pacer = pacer  # the engine's, per campaign: it outlives a worker
+        self.recorder = Recorder(
+            services.pool, services.clock, interval=services.checkpoint_interval,
+            batch_size=self.sizes.flush_batch, on_flushed=self._on_flushed,
+            campaign_id=campaign.id,
+        )
+        self.content: CompiledContent | None = None
+        self.content_error: str | None = None
+        try:
+            self.content = CompiledContent.compile(campaign.channel, campaign.content)
+        except TemplateProblem as exc:
+            self.content_error = str(exc)
+        self._ready: deque[RunExecution] = deque()
+        self._work = asyncio.Event()
+        self._feeder_wake = asyncio.Event()
+        self._calling: set[asyncio.Task[None]] = set()  # senders inside a provider call
+        self._senders: list[asyncio.Task[None]] = []
+        self._unstarted: list[tuple[str, int]] = []  # claims to release at stop
+        self._abandoned = 0
+
+    # -- the task tree ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, grace: Callable[[], float],
+                  force: asyncio.Event) -> None:
+        """Run until there is no work left, or until `stop`; then drain within `grace()`
+        seconds (or until `force`), write every outcome and release unstarted claims."""
+        self.log.info("worker.started", senders=self.sizes.senders, window=self.sizes.window)
+        async with asyncio.TaskGroup() as group:
+            self.group = group
+            recorder = group.create_task(self.recorder.run(), name=f"recorder:{self.campaign.id}")
+            control = group.create_task(self.control_loop(), name=f"control:{self.campaign.id}")
+            starter = group.create_task(self.starter_loop(), name=f"starter:{self.campaign.id}")
+            feeder = group.create_task(self._feed_loop(), name=f"feeder:{self.campaign.id}")
+            self._senders = [
+                group.create_task(self._sender(), name=f"sender:{self.campaign.id}:{n}")
+                for n in range(self.sizes.senders)
+            ]
+            stopper = group.create_task(stop.wait(), name=f"stop:{self.campaign.id}")
+            await asyncio.wait([control, stopper], return_when=asyncio.FIRST_COMPLETED)
+            self.stopping = True
+            stopper.cancel()
+            for task in (control, starter, feeder):
+                task.cancel()
+            deadline = self.clock.monotonic() + grace()
+            await self._drain(grace(), force)
+            await self._settle_closes(max(0.0, deadline - self.clock.monotonic()))
+            self.recorder.stop()
+            await recorder
+        await self._release_unstarted()
+        if self._abandoned:
+            self.log.warning("worker.calls_abandoned", count=self._abandoned)
+        self.log.info("worker.stopped")
+
+    async def _drain(self, grace: float, force: asyncio.Event) -> None:
+        """Senders not in a provider call stop now; those in a call finish (and record their
+        outcome) within `grace`, unless `force` comes first. Queued claims are released."""
+        self._work.set()
+        for task in self._senders:
+            if task not in self._calling:
+                task.cancel()
+        remaining = {task for task in self._senders if task in self._calling}
+        if remaining:
+            forced = asyncio.ensure_future(force.wait())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    while remaining and not forced.done():
+                        done, _ = await asyncio.wait(remaining | {forced},
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                        remaining -= done
+            forced.cancel()
+        for task in self._senders:
+            task.cancel()
+        await asyncio.gather(*self._senders, return_exceptions=True)
+        for run in self.runs.values():
+            self._unstarted.extend((run.id, c.position) for c in run.queue)
+            run.queue.clear()
+
+    async def _settle_closes(self, grace: float) -> None:
+        """Let runs already closing finish closing (their calls are done), within `grace`."""
+        closing = list(self._closing.values())
+        if closing:
+            await asyncio.wait(closing, timeout=grace)
+            for task in closing:
+                task.cancel()
+            await asyncio.gather(*closing, return_exceptions=True)
+
+    async def _release_unstarted(self) -> None:
+        if not self._unstarted:
+            return
+        try:
+            await recipient_store.release(self.services.pool, self._unstarted)
+        except Exception as exc:  # the next holder recovers them (sent then, not lost)
+            self.log.warning("worker.release_failed", error=str(exc), count=len(self._unstarted))
+
+    # -- recipients in: claims --------------------------------------------------------------
+
+    def wake_feeder(self) -> None:
+        self._feeder_wake.set()
+
+    async def _feed_loop(self) -> None:
+        while True:
+            if self.lease.valid():
+                await self.retrying(self._fill, "claim")
+                await self.retrying(self.check_finished, "finish_check")
+                await self.write_dead_tokens()
+            await self.wait(self._feeder_wake, self.feed_timeout())
+            self._feeder_wake.clear()
+
+    def _unrecorded(self) -> int:
+        return sum(run.unrecorded for run in self.runs.values())
+
+    async def _fill(self) -> None:
+        room = self.sizes.window - self._unrecorded()
+        batch = self.sizes.claim_batch
+        low_water = max(1, batch // 2)
+        wanted: list[tuple[str, int, int]] = []
+        for run in self.runs.values():
+            if room < 1:
+                break
+            if run.state in (RunState.WAITING, RunState.ACTIVE) and not run.fresh_exhausted \
+                    and len(run.queue) < low_water:
+                n = min(batch, room)
+                wanted.append((run.id, run.cursor, n))
+                room -= n
+        now = self.clock.now()
+        if wanted:
+            claimed = await recipient_store.claim_fresh(
+                self.services.pool, self.campaign.id, self.services.holder,
+                self.campaign.channel, wanted, now)
+            got: dict[str, int] = {}
+            for recipient in claimed:
+                got[recipient.run_id] = got.get(recipient.run_id, 0) + 1
+                self._accept(recipient, fresh=True)
+            for run_id, _, n in wanted:
+                short = self.runs.get(run_id)
+                if short is not None and got.get(run_id, 0) < n:
+                    short.fresh_exhausted = True
+        due = [run.id for run in self.runs.values()
+               if run.state in (RunState.WAITING, RunState.ACTIVE)
+               and run.next_retry_at is not None and run.next_retry_at <= now]
+        if due and room > 0:
+            for run_id in due:
+                self.runs[run_id].next_retry_at = None
+            retries = await recipient_store.claim_retries(
+                self.services.pool, self.campaign.id, self.services.holder,
+                self.campaign.channel, due, now, room)
+            for recipient in retries:
+                self._accept(recipient, fresh=False)
+            if len(retries) == room:  # more may be due: look again soon
+                for run_id in due:
+                    self.runs[run_id].next_retry_at = now
+
+    def feed_timeout(self) -> float:
+        """Until the next due retry, at most half a second (claims are also woken by
+        senders running low and by each write)."""
+        now = self.clock.now()
+        timeout = 0.5
+        for run in self.runs.values():
+            if run.next_retry_at is not None:
+                timeout = min(timeout, (run.next_retry_at - now).total_seconds())
+        return max(timeout, 0.0)
+
+    def _accept(self, recipient: Claimed, *, fresh: bool) -> None:
+        run = self.runs.get(recipient.run_id)
+        if run is None:  # closed meanwhile: its close cleared the mark
+            return
+        run.unrecorded += 1
+        if fresh:  # retries are behind the cursor, or anywhere after a restart
+            run.cursor = max(run.cursor, recipient.position)
+        run.queue.append(recipient)
+        self.mark_ready(run)
+
+    def mark_ready(self, run: RunExecution) -> None:
+        if run.state is RunState.ACTIVE and run.queue and not run.ready:
+            run.ready = True
+            self._ready.append(run)
+            self._work.set()
+
+    # -- recipients out: senders ------------------------------------------------------------
+
+    async def _take(self) -> tuple[RunExecution, Claimed] | None:
+        """The next recipient, round-robin between the active runs."""
+        while not self.stopping:
+            while self._ready:
+                run = self._ready.popleft()
+                if run.state is not RunState.ACTIVE or not run.queue:
+                    run.ready = False
+                    continue
+                recipient = run.queue.popleft()
+                if run.queue:
+                    self._ready.append(run)
+                else:
+                    run.ready = False
+                if len(run.queue) < max(1, self.sizes.claim_batch // 2):
+                    self._feeder_wake.set()
+                return run, recipient
+            self._work.clear()
+            await self._work.wait()
+        return None
+
+    async def _sender(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        while (item := await self._take()) is not None:
+            run, recipient = item
+            run.take()
+            try:
+                await self._deliver(run, recipient, task)
+            finally:
+                run.put()
+
+    async def _deliver(self, run: RunExecution, recipient: Claimed,
+                       task: asyncio.Task[None]) -> None:
+        now = self.clock.now()
+        if not recipient.subscribed:
+            self._record(delivery.unsubscribed(run, recipient, now))
+            return
+        if self.content is None:
+            self._give_back(run, recipient)  # the run fails as a whole (control loop)
+            return
+        try:
+            message = delivery.build_message(
+                run, recipient, self.content, self.campaign.channel, self.services.delivery,
+                self.services.unsubscribe_key)
+        except RenderError as exc:
+            self._record(delivery.render_failure(run, recipient, exc, now))
+            return
+        provider = self.services.providers.for_channel(self.campaign.channel)
+        gate = self.services.gates.gate(provider.name, provider.settings)
+        if not await self._admit(run, gate, recipient):
+            return
+        self._calling.add(task)
+        began = self.clock.monotonic()
+        result: SendResult | None = None
+        error: ProviderError | None = None
+        try:
+            result = await provider.send(message)
+        except ProviderError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            self._abandoned += 1  # stays marked in flight: sent again after a restart
+            raise
+        except Exception as exc:  # a provider bug must not lose the recipient: retry it
+            self.log.exception("provider.error", provider=provider.name, run_id=run.id)
+            error = TransientError(f"provider_failure: {type(exc).__name__}")
+        finally:
+            gate.semaphore.release()
+            self._calling.discard(task)
+        self.services.metrics.provider_latency.labels(provider.name).observe(
+            self.clock.monotonic() - began)
+        run.calls += 1
+        self._outcome(run, recipient, provider.name, gate, result, error)
+
+    async def _admit(self, run: RunExecution, gate: ProviderGate, recipient: Claimed) -> bool:
+        """Take the campaign pacer's slot and the provider's gates. True: the call starts now,
+        holding a provider concurrency slot. False: the recipient was given back."""
+        admitted = False
+        try:
+            if not self.may_call(run):
+                return False
+            if self.pacer is None:
+                await self._provider_gates(gate)
+                admitted = self._last_check(run, gate)
+                return admitted
+            async with self.pacer.turn():
+                await self.pacer.token()
+                await self._provider_gates(gate)
+                try:
+                    await self.pacer.window()
+                except BaseException:
+                    gate.semaphore.release()
+                    raise
+                admitted = self._last_check(run, gate)
+                if admitted:
+                    self.pacer.record()
+                return admitted
+        finally:
+            if not admitted:
+                self._give_back(run, recipient)
+
+    def _last_check(self, run: RunExecution, gate: ProviderGate) -> bool:
+        if self.may_call(run):
+            return True
+        gate.semaphore.release()
+        return False
+
+    async def _provider_gates(self, gate: ProviderGate) -> None:
+        """Wait out a pause, take the provider's rate slot and a concurrency slot."""
+        while True:
+            await gate.wait_unpaused()
+            if gate.pacer is not None:
+                await gate.pacer.acquire()
+            await gate.semaphore.acquire()
+            if gate.paused_for() <= 0:
+                return
+            gate.semaphore.release()
+
+    def _give_back(self, run: RunExecution, recipient: Claimed) -> None:
+        """A recipient taken but not sent: back to its run's queue; released at a stop; left
+        to the close of a closing run (which excludes it)."""
+        if self.stopping:
+            self._unstarted.append((run.id, recipient.position))
+        elif run.state in (RunState.WAITING, RunState.ACTIVE):
+            run.queue.appendleft(recipient)
+            self.mark_ready(run)
+
+    def _outcome(self, run: RunExecution, recipient: Claimed, provider: str,
+                 gate: ProviderGate, result: SendResult | None,
+                 error: ProviderError | None) -> None:
+        now = self.clock.now()
+        metrics = self.services.metrics
+        if error is None:
+            assert result is not None
+            metrics.provider_calls.labels(provider, "sent").inc()
+            self.note_dead_tokens(recipient.profile_id, result.invalid_push_tokens)
+            self._record(delivery.sent(run, recipient, result, now))
+            return
+        transient = isinstance(error, TransientError)
+        metrics.provider_calls.labels(provider, "transient" if transient else "permanent").inc()
+        if isinstance(error, PermanentError):
+            self.note_dead_tokens(recipient.profile_id, error.invalid_push_tokens)
+        if isinstance(error, TransientError) and error.retry_after and \
+                gate.pause(error.retry_after):
+            self.log.warning("provider.throttled", provider=provider,
+                             retry_after=error.retry_after, run_id=run.id)
+        self.note_provider_error(provider, error, run.id)
+        self._record(delivery.after_error(run, recipient, error, now, self.services.delivery))
+
+    def _record(self, outcome: OutcomeRow) -> None:
+        self.recorder.add(outcome)
+
+    def _on_flushed(self, flushed: Flushed) -> None:
+        for outcome in flushed.outcomes:
+            run = self.runs.get(outcome.run_id)
+            if run is None:
+                continue
+            run.unrecorded -= 1
+            if outcome.status == "pending" and outcome.retry_at is not None and (
+                    run.next_retry_at is None or outcome.retry_at < run.next_retry_at):
+                run.next_retry_at = outcome.retry_at
+        for run_id, row in flushed.counts.items():
+            run = self.runs.get(run_id)
+            if run is not None:
+                run.counts = counts_of(row)
+        channel = self.campaign.channel.value
+        for _, status, reason in flushed.applied:
+            if status != "pending":
+                self.services.metrics.messages.labels(
+                    self.campaign.id, channel, status, reason or "").inc()
+        self._feeder_wake.set()
+

@@ -1,0 +1,74 @@
+"""LISTEN on PostgreSQL channels from one held connection, reconnecting when it drops.
+
+A dropped connection loses the notifications sent meanwhile, so `on_connect` is called
+after every (re)connection: the engine then re-reads what it would have been told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import asyncpg
+
+from daemon.clock import Clock
+from daemon.logs import get_logger
+from daemon.store import Pool
+
+log = get_logger(__name__)
+
+HEALTH_CHECK_EVERY = 5.0
+RECONNECT_FIRST = 0.2
+RECONNECT_MAX = 10.0
+
+
+class Listener:
+    """Calls `handlers[channel](payload)` for each notification on those channels."""
+
+    def __init__(self, pool: Pool, clock: Clock, handlers: Mapping[str, Callable[[str], None]],
+                 on_connect: Callable[[], None]) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._handlers = dict(handlers)
+        self._on_connect = on_connect
+
+    def _dispatch(self, _connection: Any, _pid: int, channel: str, payload: object) -> None:
+        handler = self._handlers.get(channel)
+        if handler is not None:
+            handler(str(payload))
+
+    async def run(self) -> None:
+        """Listen until cancelled."""
+        delay = RECONNECT_FIRST
+        while True:
+            try:
+                await self._session()
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("listener.disconnected", error=str(exc), retry_in=round(delay, 2))
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _session(self) -> None:
+        async with self._pool.acquire() as connection:
+            lost = asyncio.Event()
+
+            def terminated(_: Any) -> None:
+                lost.set()
+
+            connection.add_termination_listener(terminated)
+            try:
+                for channel in self._handlers:
+                    await connection.add_listener(channel, self._dispatch)
+                self._on_connect()
+                while not lost.is_set():
+                    await self._clock.sleep(HEALTH_CHECK_EVERY)
+                    await connection.execute("SELECT 1")  # raises when the link is gone
+            finally:
+                connection.remove_termination_listener(terminated)
+                if not connection.is_closed():
+                    with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError,
+                                             OSError):
+                        for channel in self._handlers:
+                            await connection.remove_listener(channel, self._dispatch)

@@ -1,0 +1,241 @@
+"""A running run's recipients: claims (durable in-flight marks), releases, outcome writes.
+
+The lease holder claims pending recipients in batches, in position order, marking them
+`inflight_since` in the same statement: that mark is durable before any provider call
+for them. An outcome write clears it; a graceful stop releases the claims that never
+reached a call; after a crash, the next holder finds the marks and sends those
+recipients again (same idempotency key). Claims are fenced by the lease: a daemon
+whose lease expired claims nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from daemon.models import Channel
+from daemon.store import Connection, Executor, Record
+
+_SUBSCRIBED = {Channel.EMAIL: "sub_email", Channel.SMS: "sub_sms", Channel.PUSH: "sub_push"}
+
+_FENCE = """
+EXISTS (SELECT 1 FROM engine_leases l
+        WHERE l.campaign_id = $1 AND l.holder = $2 AND l.expires_at > clock_timestamp())
+"""
+
+_RETURNING = """
+RETURNING r.run_id, r.position, r.profile_id, r.email, r.phone, r.push_tokens, r.attributes,
+          r.context, r.attempts,
+          coalesce((SELECT p.{subscribed} FROM profiles p WHERE p.id = r.profile_id), true)
+              AS subscribed
+"""
+
+# Per run: the next `n` fresh recipients after position `after`, in order.
+_CLAIM_FRESH = """
+WITH picked AS (
+    SELECT x.run_id, x.position
+    FROM unnest($3::text[], $4::bigint[], $5::int[]) AS w(run_id, after, n)
+    CROSS JOIN LATERAL (
+        SELECT c.run_id, c.position FROM run_recipients c
+        WHERE c.run_id = w.run_id AND c.status = 'pending' AND c.position > w.after
+          AND c.inflight_since IS NULL AND c.retry_at IS NULL
+        ORDER BY c.position
+        LIMIT w.n
+        FOR UPDATE SKIP LOCKED
+    ) x
+    WHERE {fence}
+)
+UPDATE run_recipients r SET inflight_since = $6
+FROM picked WHERE r.run_id = picked.run_id AND r.position = picked.position
+"""
+
+# Recipients whose retry is due, earliest first.
+_CLAIM_RETRIES = """
+WITH picked AS (
+    SELECT c.run_id, c.position FROM run_recipients c
+    WHERE c.run_id = ANY($3::text[]) AND c.status = 'pending' AND c.retry_at <= $4
+      AND c.inflight_since IS NULL AND {fence}
+    ORDER BY c.retry_at
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE run_recipients r SET inflight_since = $6
+FROM picked WHERE r.run_id = picked.run_id AND r.position = picked.position
+"""
+
+_RELEASE = """
+UPDATE run_recipients r SET inflight_since = NULL
+FROM unnest($1::text[], $2::bigint[]) AS u(run_id, position)
+WHERE r.run_id = u.run_id AND r.position = u.position AND r.status = 'pending'
+"""
+
+_RECOVER = """
+UPDATE run_recipients SET inflight_since = NULL
+WHERE run_id = ANY($1::text[]) AND inflight_since IS NOT NULL AND status = 'pending'
+"""
+
+# One statement for a batch of outcomes; only rows still pending change (a late or repeated
+# outcome is a no-op), and the rows that did change are returned for the counts.
+_WRITE = """
+UPDATE run_recipients r
+SET status = b.status, reason = b.reason, error = b.error,
+    attempts = least(r.attempts + b.calls, 32767),
+    provider_message_id = coalesce(b.provider_message_id, r.provider_message_id),
+    retry_at = b.retry_at, inflight_since = NULL, updated_at = b.at
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[],
+            $7::text[], $8::timestamptz[], $9::timestamptz[])
+     AS b(run_id, position, status, reason, error, calls, provider_message_id, retry_at, at)
+WHERE r.run_id = b.run_id AND r.position = b.position AND r.status = 'pending'
+RETURNING r.run_id, r.status, r.reason
+"""
+
+COUNT_COLUMNS = (
+    "targeted", "sent", "failed", "pending", "excluded_time_cap", "excluded_campaign_end",
+    "excluded_opted_out", "excluded_no_address", "excluded_duplicate", "excluded_cancelled",
+)
+_COUNTS_RETURNING = ", ".join(f"r.{column}" for column in COUNT_COLUMNS)
+
+_ADD_COUNTS = f"""
+UPDATE runs r
+SET sent = r.sent + d.sent, failed = r.failed + d.failed, pending = r.pending - d.done,
+    excluded_time_cap = r.excluded_time_cap + d.time_cap,
+    excluded_campaign_end = r.excluded_campaign_end + d.campaign_end,
+    excluded_opted_out = r.excluded_opted_out + d.opted_out,
+    excluded_no_address = r.excluded_no_address + d.no_address,
+    excluded_duplicate = r.excluded_duplicate + d.duplicate,
+    excluded_cancelled = r.excluded_cancelled + d.cancelled
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+            $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
+     AS d(run_id, sent, failed, done, time_cap, campaign_end, opted_out, no_address,
+          duplicate, cancelled)
+WHERE r.id = d.run_id
+RETURNING r.id, {_COUNTS_RETURNING}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A recipient claimed for delivery (marked in flight)."""
+
+    run_id: str
+    position: int
+    profile_id: str
+    email: str | None
+    phone: str | None
+    push_tokens: tuple[str, ...]
+    attributes: dict[str, Any]
+    context: dict[str, Any] | None
+    attempts: int  # provider calls already made for it
+    subscribed: bool  # the profile's current subscription to the channel
+
+
+def _claimed(row: Record) -> Claimed:
+    return Claimed(
+        run_id=row["run_id"], position=row["position"], profile_id=row["profile_id"],
+        email=row["email"], phone=row["phone"], push_tokens=tuple(row["push_tokens"] or ()),
+        attributes=row["attributes"] or {}, context=row["context"],
+        attempts=row["attempts"], subscribed=row["subscribed"],
+    )
+
+
+async def claim_fresh(
+    db: Executor, campaign_id: str, holder: str, channel: Channel,
+    wanted: Sequence[tuple[str, int, int]], now: datetime,
+) -> list[Claimed]:
+    """Claim, per (run_id, after_position, n), the next n never-tried pending recipients."""
+    if not wanted:
+        return []
+    sql = (_CLAIM_FRESH.format(fence=_FENCE)
+           + _RETURNING.format(subscribed=_SUBSCRIBED[channel]))
+    rows = await db.fetch(
+        sql, campaign_id, holder, [w[0] for w in wanted], [w[1] for w in wanted],
+        [w[2] for w in wanted], now,
+    )
+    return sorted((_claimed(row) for row in rows), key=lambda c: (c.run_id, c.position))
+
+
+async def claim_retries(
+    db: Executor, campaign_id: str, holder: str, channel: Channel,
+    run_ids: Sequence[str], now: datetime, limit: int,
+) -> list[Claimed]:
+    """Claim up to `limit` recipients whose retry is due."""
+    if not run_ids:
+        return []
+    sql = (_CLAIM_RETRIES.format(fence=_FENCE)
+           + _RETURNING.format(subscribed=_SUBSCRIBED[channel]))
+    rows = await db.fetch(sql, campaign_id, holder, list(run_ids), now, limit, now)
+    return [_claimed(row) for row in rows]
+
+
+async def release(db: Executor, claims: Sequence[tuple[str, int]]) -> None:
+    """Give back claims that never reached a provider call (graceful stop)."""
+    if claims:
+        await db.execute(_RELEASE, [c[0] for c in claims], [c[1] for c in claims])
+
+
+async def recover(db: Executor, run_ids: Sequence[str]) -> int:
+    """Clear the in-flight marks a previous holder left (crash): those recipients are
+    claimed, and sent, again. Returns how many."""
+    if not run_ids:
+        return 0
+    status: str = await db.execute(_RECOVER, list(run_ids))
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def retry_state(db: Executor, run_id: str) -> tuple[int, datetime | None]:
+    """(pending recipients, earliest due retry) of a run, from its rows."""
+    row = await db.fetchrow(
+        """
+        SELECT (SELECT pending FROM runs WHERE id = $1) AS pending,
+               (SELECT min(retry_at) FROM run_recipients
+                WHERE run_id = $1 AND status = 'pending' AND retry_at IS NOT NULL
+                  AND inflight_since IS NULL) AS next_retry
+        """,
+        run_id,
+    )
+    assert row is not None
+    return int(row["pending"] or 0), row["next_retry"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRow:
+    """One provider call's (or decision's) result, as written."""
+
+    run_id: str
+    position: int
+    status: str  # sent | failed | excluded | pending (transient: retry at retry_at)
+    reason: str | None
+    error: str | None
+    calls: int  # provider calls this outcome accounts for (0 or 1)
+    provider_message_id: str | None
+    retry_at: datetime | None
+    at: datetime
+
+
+async def write_outcomes(conn: Connection, outcomes: Sequence[OutcomeRow]) -> list[Record]:
+    """Apply the outcomes to still-pending rows; the (run_id, status, reason) applied.
+    Call in the transaction that also adds the counts (`add_counts`)."""
+    columns: list[list[Any]] = [[] for _ in range(9)]
+    for o in outcomes:
+        for index, value in enumerate((o.run_id, o.position, o.status, o.reason, o.error,
+                                       o.calls, o.provider_message_id, o.retry_at, o.at)):
+            columns[index].append(value)
+    return list(await conn.fetch(_WRITE, *columns))
+
+
+async def add_counts(conn: Connection, deltas: Sequence[tuple[str, tuple[int, ...]]]
+                     ) -> list[Record]:
+    """Add per-run deltas (sent, failed, done, then the six exclusion reasons in the order
+    of EXCLUSION_ORDER); returns each run's id and new counts."""
+    if not deltas:
+        return []
+    columns: list[list[Any]] = [[run_id for run_id, _ in deltas]]
+    for index in range(9):
+        columns.append([values[index] for _, values in deltas])
+    return list(await conn.fetch(_ADD_COUNTS, *columns))
+
+
+EXCLUSION_ORDER = ("time_cap", "campaign_end", "opted_out", "no_address", "duplicate",
+                   "cancelled")

@@ -1,0 +1,191 @@
+"""Freezing a run's recipients, in one INSERT ... SELECT (and the same SELECT for previews).
+
+The statement resolves the recipients (a stored audience in audience order, joined with
+the profiles; or the inline recipients in the given order, left-joined with the stored
+profiles: inline fields win, stored unsubscriptions always apply), classifies them
+(`duplicate` for later occurrences of a profile, then `opted_out`, then `no_address`),
+ranks the eligible ones in order and excludes those beyond the run's capacity with the
+deadline's reason. No recipient passes through Python: a 10-million audience is one
+statement and the daemon's memory stays flat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from daemon.models import Channel, ExclusionReason
+from daemon.store import Executor
+
+# Channel -> (subscription column, "has an address" predicate), on the resolved row `c`.
+_CHANNEL_SQL: dict[Channel, tuple[str, str]] = {
+    Channel.EMAIL: ("c.sub_email", "NULLIF(btrim(c.email), '') IS NOT NULL"),
+    Channel.SMS: ("c.sub_sms", "NULLIF(btrim(c.phone), '') IS NOT NULL"),
+    Channel.PUSH: ("c.sub_push", "coalesce(cardinality(c.push_tokens), 0) > 0"),
+}
+
+# A stored audience: members in audience order (unique by the primary key: no duplicates).
+_STORED = """
+SELECT m.position AS ord, p.id AS profile_id, p.email, p.phone, p.push_tokens,
+       p.attributes, NULL::jsonb AS context, p.sub_email, p.sub_sms, p.sub_push,
+       false AS duplicate
+FROM audience_members m JOIN profiles p ON p.id = m.profile_id
+WHERE m.audience_id = {source}
+"""
+
+# Inline recipients `i(position, profile_id, data)` merged with the stored profile, if any.
+_INLINE = """
+SELECT i.position::bigint AS ord, i.profile_id,
+       coalesce(i.data->>'email', p.email) AS email,
+       coalesce(i.data->>'phone', p.phone) AS phone,
+       CASE WHEN jsonb_typeof(i.data->'push_tokens') = 'array'
+                THEN ARRAY(SELECT jsonb_array_elements_text(i.data->'push_tokens'))
+            WHEN jsonb_typeof(i.data->'push_token') = 'string'
+                THEN ARRAY[i.data->>'push_token']
+            ELSE coalesce(p.push_tokens, '{{}}'::text[]) END AS push_tokens,
+       coalesce(p.attributes, '{{}}'::jsonb)
+           || CASE WHEN jsonb_typeof(i.data->'attributes') = 'object'
+                   THEN i.data->'attributes' ELSE '{{}}'::jsonb END AS attributes,
+       CASE WHEN jsonb_typeof(i.data->'context') = 'object' THEN i.data->'context' END
+           AS context,
+       coalesce(p.sub_email, true) AS sub_email, coalesce(p.sub_sms, true) AS sub_sms,
+       coalesce(p.sub_push, true) AS sub_push,
+       row_number() OVER (PARTITION BY i.profile_id ORDER BY i.position) > 1 AS duplicate
+FROM ({rows}) AS i LEFT JOIN profiles p ON p.id = i.profile_id
+"""
+_INLINE_STORED_ROWS = (
+    "SELECT position, profile_id, data FROM run_inline_recipients WHERE run_id = {source}"
+)
+_INLINE_GIVEN_ROWS = (
+    "SELECT (e.n - 1) AS position, e.data->>'profile_id' AS profile_id, e.data "
+    "FROM jsonb_array_elements({source}::jsonb) WITH ORDINALITY AS e(data, n)"
+)
+
+# The CTE chain ending in `decided(position, ..., reason)`: reason NULL = pending.
+# Both windows share one ordering, so a stored audience is sorted (or index-scanned) once.
+_DECIDED = """
+WITH resolved AS ({resolved}),
+classified AS (
+    SELECT c.*,
+           CASE WHEN c.duplicate THEN 'duplicate'
+                WHEN NOT {subscribed} THEN 'opted_out'
+                WHEN NOT ({addressed}) THEN 'no_address'
+           END AS snapshot_reason
+    FROM resolved c
+),
+ranked AS (
+    SELECT c.*, row_number() OVER w - 1 AS position,
+           count(*) FILTER (WHERE c.snapshot_reason IS NULL) OVER w AS eligible_rank
+    FROM classified c
+    WINDOW w AS (ORDER BY c.ord ROWS UNBOUNDED PRECEDING)
+),
+decided AS (
+    SELECT r.*,
+           coalesce(r.snapshot_reason,
+                    CASE WHEN {capacity}::bigint IS NOT NULL AND r.eligible_rank > {capacity}
+                         THEN {cap_reason}::text END) AS reason
+    FROM ranked r
+)
+"""
+
+_COUNTS = """
+SELECT count(*) AS targeted,
+       count(*) FILTER (WHERE reason IS NULL) AS pending,
+       count(*) FILTER (WHERE reason = 'duplicate') AS excluded_duplicate,
+       count(*) FILTER (WHERE reason = 'opted_out') AS excluded_opted_out,
+       count(*) FILTER (WHERE reason = 'no_address') AS excluded_no_address,
+       count(*) FILTER (WHERE reason = 'time_cap') AS excluded_time_cap,
+       count(*) FILTER (WHERE reason = 'campaign_end') AS excluded_campaign_end
+FROM {relation}
+"""
+
+_INSERT = """,
+inserted AS (
+    INSERT INTO run_recipients (run_id, position, profile_id, email, phone, push_tokens,
+                                attributes, context, status, reason, updated_at)
+    SELECT $1, d.position, d.profile_id, d.email, d.phone, d.push_tokens, d.attributes,
+           d.context, CASE WHEN d.reason IS NULL THEN 'pending' ELSE 'excluded' END,
+           d.reason, CASE WHEN d.reason IS NOT NULL THEN $5::timestamptz END
+    FROM decided d
+    RETURNING reason
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotCounts:
+    """A frozen (or previewed) recipient set, counted."""
+
+    targeted: int
+    pending: int
+    excluded: dict[str, int]  # every exclusion reason, zero included
+
+    @property
+    def eligible(self) -> int:
+        """Recipients neither duplicate, opted out nor without address (before the cap)."""
+        return self.pending + self.excluded["time_cap"] + self.excluded["campaign_end"]
+
+
+def _counts(row: Any) -> SnapshotCounts:
+    excluded = {reason.value: 0 for reason in ExclusionReason}
+    for reason in ("duplicate", "opted_out", "no_address", "time_cap", "campaign_end"):
+        excluded[reason] = int(row[f"excluded_{reason}"])
+    return SnapshotCounts(int(row["targeted"]), int(row["pending"]), excluded)
+
+
+def _decided(channel: Channel, resolved: str, capacity: str, cap_reason: str) -> str:
+    subscribed, addressed = _CHANNEL_SQL[channel]
+    return _DECIDED.format(resolved=resolved, subscribed=subscribed, addressed=addressed,
+                           capacity=capacity, cap_reason=cap_reason)
+
+
+def _resolved(audience: bool, rows: str, source: str) -> str:
+    if audience:
+        return _STORED.format(source=source)
+    return _INLINE.format(rows=rows.format(source=source))
+
+
+async def freeze(
+    db: Executor,
+    run_id: str,
+    channel: Channel,
+    *,
+    audience_id: str | None,
+    capacity: int | None,
+    cap_reason: ExclusionReason | None,
+    now: datetime,
+) -> SnapshotCounts:
+    """Insert the run's recipients (pending or excluded) and count them. Call in the
+    transaction that marks the run running and sets its counts."""
+    source = "$2"
+    resolved = _resolved(audience_id is not None, _INLINE_STORED_ROWS, source)
+    sql = (_decided(channel, resolved, "$3", "$4") + _INSERT
+           + _COUNTS.format(relation="inserted"))
+    # The COUNTS read `reason` only; the inserted rows carry it.
+    row = await db.fetchrow(
+        sql, run_id, audience_id if audience_id is not None else run_id, capacity,
+        cap_reason.value if cap_reason else None, now,
+    )
+    return _counts(row)
+
+
+async def preview(
+    db: Executor,
+    channel: Channel,
+    *,
+    audience_id: str | None,
+    recipients: list[dict[str, Any]] | None,
+    capacity: int | None,
+    cap_reason: ExclusionReason | None,
+) -> SnapshotCounts:
+    """What `freeze` would count, writing nothing."""
+    if audience_id is not None:
+        resolved = _resolved(True, "", "$1")
+        source: Any = audience_id
+    else:
+        resolved = _resolved(False, _INLINE_GIVEN_ROWS, "$1")
+        source = list(recipients or [])
+    sql = _decided(channel, resolved, "$2", "$3") + _COUNTS.format(relation="decided")
+    row = await db.fetchrow(sql, source, capacity, cap_reason.value if cap_reason else None)
+    return _counts(row)
