@@ -180,6 +180,7 @@ async def csv_objects(
             missing = [c for c in columns if c not in header]
             if missing or len(set(header)) != len(header):
                 why = f"no {missing[0]!r} column" if missing else "repeated column names"
+                tally.received += 1
                 tally.refuse(LineError(number, f"invalid CSV header: {why}"))
                 async for _ in records:  # nothing after a bad header can be read
                     pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -89,7 +90,8 @@ async def _staged(
             given |= _GIVEN_BITS.get(name, 0)
         subscriptions = line.subscriptions
         yield (
-            number, line.id, line.email, line.phone, line.push_tokens, line.attributes,
+            number, line.id, line.email, line.phone, line.push_tokens,
+            None if line.attributes is None else json.dumps(line.attributes, ensure_ascii=False),
             subscriptions.email if subscriptions else None,
             subscriptions.sms if subscriptions else None,
             subscriptions.push if subscriptions else None,

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
-    ConfigDict,
     Field,
     StringConstraints,
     ValidationInfo,
@@ -275,9 +274,17 @@ class TriggerAccepted(ResponseModel):
 
 
 class TriggerPreview(ResponseModel):
-    """What the run would do (computed by the engine's preview); nothing is created."""
+    """What the run would do if it started at `scheduled_for`; nothing is created."""
 
-    model_config = ConfigDict(extra="allow")
+    targeted: int
+    eligible: int
+    excluded: dict[str, int] = Field(description="Planned exclusions, by reason.")
+    rate_per_second: int | None
+    scheduled_for: datetime
+    deadline: datetime | None
+    deadline_reason: str | None = Field(description="`time_cap` or `campaign_end`.")
+    expected_duration_seconds: float | None = Field(description="None when unthrottled.")
+    expected_end: datetime | None
 
 
 # -- runs ---------------------------------------------------------------------------------------

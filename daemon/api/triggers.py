@@ -12,7 +12,6 @@ the other insert, then this request answers with that run).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon import preview
 from daemon.api import campaign_rules, signatures
 from daemon.api.auth import authenticate, check_scope
 from daemon.api.bodies import JSON_TYPES, read_limited, require_content_type
@@ -166,7 +166,7 @@ async def _create(ctx: AppContext, trigger: TriggerRequest) -> tuple[dict[str, A
     now = ctx.clock.now()
     key = trigger.idempotency_key
     async with ctx.pool.acquire() as conn, conn.transaction():
-        target = await runs.lock_trigger_target(
+        target = await runs.trigger_target(
             conn, trigger.campaign_id, key, trigger.body.audience,
             check_audience=trigger.recipients is None,
         )
@@ -205,24 +205,26 @@ async def _create(ctx: AppContext, trigger: TriggerRequest) -> tuple[dict[str, A
 
 
 async def _preview(ctx: AppContext, trigger: TriggerRequest) -> dict[str, Any]:
-    """Validate like a real trigger (in a transaction that writes nothing), then preview."""
+    """Validate like a real trigger (reading, locking nothing), then preview."""
     now = ctx.clock.now()
-    async with ctx.pool.acquire() as conn, conn.transaction(readonly=True):
-        target = await runs.lock_trigger_target(
-            conn, trigger.campaign_id, None, trigger.body.audience,
-            check_audience=trigger.recipients is None,
-        )
-        if target is None:
-            raise problem(404, detail="no campaign with this id")
-        refusal = _refusal(target, now)
-        if refusal is not None:
-            raise refusal
-        audience = _audience(trigger, target)
-    preview = importlib.import_module("daemon.preview")  # the engine's module
-    result: dict[str, Any] = await preview.preview_trigger(
-        ctx, trigger.campaign_id, audience_id=audience, recipients=trigger.recipients
+    target = await runs.trigger_target(
+        ctx.pool, trigger.campaign_id, None, trigger.body.audience,
+        check_audience=trigger.recipients is None, lock=False,
     )
-    return result
+    if target is None:
+        raise problem(404, detail="no campaign with this id")
+    refusal = _refusal(target, now)
+    if refusal is not None:
+        raise refusal
+    audience = _audience(trigger, target)
+    try:
+        result = await preview.preview_trigger(
+            ctx, trigger.campaign_id, audience_id=audience, recipients=trigger.recipients
+        )
+    except preview.CampaignNotFound:
+        raise problem(404, detail="no campaign with this id") from None
+    return {key: iso(value) if isinstance(value, datetime) else value
+            for key, value in result.items()}
 
 
 async def trigger(request: web.Request) -> web.Response:

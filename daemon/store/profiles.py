@@ -78,7 +78,7 @@ async def create_import_table(conn: Connection) -> None:
     await conn.execute(
         """
         CREATE TEMP TABLE profile_import (
-            line bigint, id text, email text, phone text, push_tokens text[], attributes jsonb,
+            line bigint, id text, email text, phone text, push_tokens text[], attributes text,
             sub_email boolean, sub_sms boolean, sub_push boolean, given integer
         ) ON COMMIT DROP
         """
@@ -86,7 +86,9 @@ async def create_import_table(conn: Connection) -> None:
 
 
 async def copy_import_rows(conn: Connection, rows: AsyncIterable[tuple[Any, ...]]) -> None:
-    """Stream rows (IMPORT_COLUMNS order) into the staging table with one COPY."""
+    """Stream rows (IMPORT_COLUMNS order) into the staging table with one binary COPY.
+    `attributes` travel as JSON text (cast in the merge): the pool's jsonb codec is a text
+    one, which binary COPY cannot use."""
     await conn.copy_records_to_table("profile_import", records=rows, columns=IMPORT_COLUMNS,
                                      timeout=BULK_TIMEOUT)
 
@@ -105,7 +107,7 @@ async def merge_import(conn: Connection, now: datetime) -> tuple[int, int]:
             push_tokens = CASE WHEN l.given & {GIVEN_PUSH_TOKENS} <> 0
                                THEN coalesce(l.push_tokens, '{{}}') ELSE p.push_tokens END,
             attributes = CASE WHEN l.given & {GIVEN_ATTRIBUTES} <> 0
-                              THEN p.attributes || coalesce(l.attributes, '{{}}')
+                              THEN p.attributes || coalesce(l.attributes::jsonb, '{{}}')
                               ELSE p.attributes END,
             sub_email = coalesce(l.sub_email, p.sub_email),
             sub_sms = coalesce(l.sub_sms, p.sub_sms),
@@ -121,7 +123,7 @@ async def merge_import(conn: Connection, now: datetime) -> tuple[int, int]:
         INSERT INTO profiles (id, email, phone, push_tokens, attributes, sub_email, sub_sms,
                               sub_push, created_at, updated_at)
         SELECT l.id, l.email, l.phone, coalesce(l.push_tokens, '{{}}'),
-               coalesce(l.attributes, '{{}}'), coalesce(l.sub_email, true),
+               coalesce(l.attributes::jsonb, '{{}}'), coalesce(l.sub_email, true),
                coalesce(l.sub_sms, true), coalesce(l.sub_push, true), $1, $1
         FROM {_LATEST} l
         WHERE NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = l.id)

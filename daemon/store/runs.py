@@ -48,6 +48,20 @@ class TriggerTarget:
     existing: Record | None  # (run_id, request_hash, run_status, scheduled_for) of the keyed run
 
 
+_TARGET = """
+    SELECT c.status, c.start_at, c.end_at, c.rate_per_second, c.audience_id,
+           CASE WHEN $4 THEN EXISTS (SELECT 1 FROM audiences a
+                                     WHERE a.id = coalesce($3, c.audience_id))
+           END AS audience_exists,
+           EXISTS (SELECT 1 FROM runs o WHERE o.campaign_id = c.id AND o.one_shot)
+               AS one_shot_taken,
+           r.id AS run_id, r.request_hash, r.status AS run_status, r.scheduled_for
+    FROM campaigns c
+    LEFT JOIN runs r ON r.campaign_id = c.id AND r.idempotency_key = $2
+    WHERE c.id = $1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class NewRun:
     id: RunId
@@ -63,25 +77,14 @@ class NewRun:
     one_shot: bool
 
 
-async def lock_trigger_target(
-    conn: Connection, campaign_id: str, idempotency_key: str | None, audience_id: str | None,
-    check_audience: bool,
+async def trigger_target(
+    db: Executor, campaign_id: str, idempotency_key: str | None, audience_id: str | None,
+    *, check_audience: bool, lock: bool = True,
 ) -> TriggerTarget | None:
-    """The campaign (FOR SHARE: concurrent triggers proceed, stop/complete wait) or None."""
-    row = await conn.fetchrow(
-        """
-        SELECT c.status, c.start_at, c.end_at, c.rate_per_second, c.audience_id,
-               CASE WHEN $4 THEN EXISTS (SELECT 1 FROM audiences a
-                                         WHERE a.id = coalesce($3, c.audience_id))
-               END AS audience_exists,
-               EXISTS (SELECT 1 FROM runs o WHERE o.campaign_id = c.id AND o.one_shot)
-                   AS one_shot_taken,
-               r.id AS run_id, r.request_hash, r.status AS run_status, r.scheduled_for
-        FROM campaigns c
-        LEFT JOIN runs r ON r.campaign_id = c.id AND r.idempotency_key = $2
-        WHERE c.id = $1
-        FOR SHARE OF c
-        """,
+    """The campaign, or None. With `lock` (in a transaction) its row is held FOR SHARE until
+    the end: concurrent triggers proceed, while stop and completion wait for them."""
+    row = await db.fetchrow(
+        _TARGET + (" FOR SHARE OF c" if lock else ""),
         campaign_id, idempotency_key, audience_id, check_audience,
     )
     if row is None:

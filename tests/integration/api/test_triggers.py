@@ -316,3 +316,24 @@ async def test_triggers_are_logged_and_counted(api: Api) -> None:
     counter = api.ctx.metrics.trigger_requests
     assert counter.labels("202")._value.get() == 1
     assert counter.labels("409")._value.get() == 1
+
+
+async def test_dry_run_previews_without_creating_a_run(api: Api) -> None:
+    await api.live_campaign(audience="a", throttle={"rate_per_second": 2})
+    await api.audience("a", "p1", "p2", "p3")
+    preview = await api.json("POST", TRIGGERS + "?dry_run=true", 200, token="trigger")
+    assert preview["targeted"] == 3
+    assert preview["eligible"] == 3
+    assert preview["rate_per_second"] == 2
+    assert preview["scheduled_for"] == "2026-03-01T12:00:00Z"
+    inline = await api.json("POST", TRIGGERS + "?dry_run=true", 200,
+                            json={"recipients": [{"profile_id": "x"}, {"profile_id": "x"}]})
+    assert inline["targeted"] == 2
+    assert inline["excluded"]["duplicate"] == 1
+    assert await api.pool.fetchval("SELECT count(*) FROM runs") == 0
+    # A dry run validates like a real trigger.
+    await api.json("POST", TRIGGERS, 202)
+    problem = await api.json("POST", TRIGGERS + "?dry_run=true", 409)
+    assert problem["code"] == "campaign_already_triggered"
+    problem = await api.json("POST", TRIGGERS + "?dry_run=maybe", 422)
+    assert problem["errors"][0]["loc"] == "query.dry_run"
