@@ -172,13 +172,15 @@ def pipeline_sizes(rate: int | None, provider_concurrency: int) -> PipelineSizes
     """Sizes for a campaign at `rate` (None: unthrottled) on a provider of that concurrency.
 
     Senders: enough for 2 s of calls at the rate (calls that take up to 2 s keep the rate),
-    never more than the provider's concurrency. Claims: 250 ms of the rate, 10 to 500.
+    never more than the provider's concurrency. Claims and writes: 100 ms of the rate, 10 to
+    250 rows (small batches keep each statement's encoding and decoding from stalling the
+    loop, which would show as jitter in the pace).
     """
     if rate is None:
         senders = min(provider_concurrency, 512)
-        batch = 500
+        batch = 250
     else:
         senders = max(1, min(provider_concurrency, 512, math.ceil(rate * 2) + 1))
-        batch = max(10, min(500, math.ceil(rate / 4)))
+        batch = max(10, min(250, math.ceil(rate / 10)))
     return PipelineSizes(senders=senders, claim_batch=batch, flush_batch=batch,
                          window=senders + 2 * batch)
