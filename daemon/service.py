@@ -34,6 +34,7 @@ from daemon.api.context import AppContext
 from daemon.bootstrap import ensure_admin_token
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
+from daemon.errors import CampaigndError
 from daemon.database import Pool, open_database
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
@@ -137,7 +138,11 @@ class Daemon:
             # after `stopping` made it refuse new work (a).
             stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                where = f"{config.server.host}:{config.server.port}"
+                raise CampaigndError(f"cannot listen on {where}: {exc.strerror}") from None
             log.info("server.listening", host=config.server.host, port=_bound_port(runner),
                      state_dir=str(config.state_dir))
             self.notifier.notify("READY=1")

@@ -114,3 +114,21 @@ async def test_secrets_never_reach_the_log(
     assert daemon.events("database.opening")[0]["url"].count("***") == 1
     assert "S3cret-pw-xyz" not in text
     assert token not in text
+
+
+async def test_a_taken_port_is_a_clear_error_not_a_traceback(
+    daemon_factory: DaemonFactory,
+) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        daemon = daemon_factory(f"[server]\nport = {port}\n")
+        await daemon.start(wait_ready=False)
+        assert await daemon.wait() == 1
+    finally:
+        holder.close()
+    failed = daemon.events("daemon.failed")
+    assert failed and f"cannot listen on 127.0.0.1:{port}" in failed[0]["error"]
+    assert "Traceback" not in daemon.log_text()
