@@ -63,6 +63,10 @@ class Records:
         self.campaign.append(campaign)
         self.run.append(run)
 
+    def clear(self) -> None:
+        for column in (self.key, self.campaign, self.run, self.wall, self.mono):
+            column.clear()
+
     def since(self, start: int) -> dict[str, Any]:
         return {
             "n": len(self.key),
@@ -108,7 +112,7 @@ async def count(request: web.Request) -> web.Response:
 
 
 async def reset(request: web.Request) -> web.Response:
-    request.app[RECORDS] = Records()
+    request.app[RECORDS].clear()
     return web.Response(body=OK_BODY, content_type="application/json")
 
 

@@ -73,26 +73,37 @@ class PostgresMeter:
         return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent not idle (all cores), since boot."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
 @dataclass
 class CpuWindow:
-    """CPU used by the daemon and the database between `start()` and `stop()`."""
+    """CPU used by the daemon and the database between `start()` and `stop()`, and by the
+    whole machine (to see what else was running: other work on the box skews timings)."""
 
     daemon_pid: int
     postgres: PostgresMeter
     daemon_start: float = 0.0
     postgres_start: float | None = None
+    machine_start: float = 0.0
     wall_start: float = 0.0
     daemon_seconds: float = 0.0
     postgres_seconds: float | None = None
+    machine_seconds: float = 0.0
     wall_seconds: float = 0.0
 
     def start(self) -> None:
         self.wall_start = time.monotonic()
+        self.machine_start = machine_busy_seconds()
         self.daemon_start = cpu_seconds(self.daemon_pid)
         self.postgres_start = self.postgres.cpu_seconds()
 
     def stop(self) -> None:
         self.wall_seconds = time.monotonic() - self.wall_start
+        self.machine_seconds = machine_busy_seconds() - self.machine_start
         self.daemon_seconds = cpu_seconds(self.daemon_pid) - self.daemon_start
         end = self.postgres.cpu_seconds()
         if end is not None and self.postgres_start is not None:
@@ -122,6 +133,10 @@ class CpuWindow:
             ),
             "daemon_cpu_share": (
                 round(self.daemon_seconds / self.wall_seconds, 3) if self.wall_seconds else None
+            ),
+            # Busy cores of the whole machine (0..cpus): daemon, database, gateway, bench...
+            "machine_busy_cores": (
+                round(self.machine_seconds / self.wall_seconds, 2) if self.wall_seconds else None
             ),
         }
 

@@ -54,6 +54,15 @@ def _cpu_model() -> str | None:
     return None
 
 
+def background_busy_cores(seconds: float = 1.0) -> float:
+    """How many cores something else keeps busy right now (before the bench starts)."""
+    from bench.procstat import machine_busy_seconds
+
+    before = machine_busy_seconds()
+    time.sleep(seconds)
+    return round((machine_busy_seconds() - before) / seconds, 2)
+
+
 def summarise(lines: list[str]) -> None:
     for line in lines:
         print(line, file=sys.stderr)
@@ -74,6 +83,11 @@ def main(name: str, bench: BenchFunction, description: str) -> None:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
     }
+    background = background_busy_cores()
+    document["background_busy_cores"] = background
+    if background > 0.3:
+        print(f"bench {name}: warning: {background} cores already busy before the bench; "
+              "timings will be skewed", file=sys.stderr)
     code = 0
     try:
         result = asyncio.run(bench(options))
