@@ -6,8 +6,11 @@ Events are named `noun.verb` (catalog in the README). Context such as
 
 from __future__ import annotations
 
+import enum
 import logging
 import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
@@ -27,6 +30,22 @@ def _drop_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict
     return event_dict
 
 
+def _json_default(value: object) -> object:
+    """JSON for what json.dumps does not know: dates as RFC 3339 UTC, enums by value."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+            return value.isoformat().replace("+00:00", "Z")
+        return value.isoformat()
+    if isinstance(value, date | timedelta):
+        return value.isoformat() if isinstance(value, date) else value.total_seconds()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -43,7 +62,7 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(default=_json_default)
     shared = _shared_processors()
     structlog.configure(
         processors=[
