@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+from aiohttp import web
 
 from tests.acceptance.conftest import DaemonFactory
 
@@ -132,3 +133,48 @@ async def test_a_taken_port_is_a_clear_error_not_a_traceback(
     failed = daemon.events("daemon.failed")
     assert failed and f"cannot listen on 127.0.0.1:{port}" in failed[0]["error"]
     assert "Traceback" not in daemon.log_text()
+
+
+async def test_second_signal_skips_the_send_drain(daemon_factory: DaemonFactory) -> None:
+    """SIGTERM waits for provider calls in flight; a second SIGTERM stops waiting."""
+    in_flight = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_gateway(request: web.Request) -> web.Response:
+        await request.read()
+        in_flight.set()
+        await release.wait()  # never answers on its own: only the forced stop ends the wait
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/send", slow_gateway)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        daemon = daemon_factory(
+            '[server]\nshutdown_grace = "120s"\n'
+            f'[providers.gw]\nkind = "webhook"\nurl = "http://127.0.0.1:{port}/send"\n'
+            'timeout = "300s"\n[channels]\nsms = "gw"\n'
+        )
+        await daemon.start()
+        async with daemon.client() as http:
+            campaign = {"id": "c1", "name": "c1", "channel": "sms", "content": {"body": "hi"}}
+            assert (await http.post("/v1/campaigns", json=campaign)).status == 201
+            assert (await http.post("/v1/campaigns/c1/activate")).status == 200
+            trigger = {"recipients": [{"profile_id": "p1", "phone": "+33612345678"}]}
+            assert (await http.post("/v1/campaigns/c1/triggers", json=trigger)).status == 202
+        async with asyncio.timeout(30):
+            await in_flight.wait()
+        await daemon.signal(signal.SIGTERM)
+        await daemon.wait_for_event("daemon.stopping")
+        await asyncio.sleep(1)
+        assert daemon.process is not None and daemon.process.returncode is None  # draining
+        await daemon.signal(signal.SIGTERM)
+        assert await daemon.wait(timeout=60) == 0  # far below the 120 s grace
+        assert daemon.events("daemon.stop_forced")
+    finally:
+        release.set()
+        await runner.cleanup()
