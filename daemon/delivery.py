@@ -63,7 +63,8 @@ class RunExecution:
     fresh_exhausted: bool = False
     next_retry_at: datetime | None = None
     held: int = 0  # recipients taken by senders (admission or call)
-    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while held == 0
+    in_call: int = 0  # provider calls under way (their outcome not yet buffered)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while in_call == 0
     unrecorded: int = 0  # claimed and neither written nor released
     ready: bool = False  # in the worker's round-robin of runs with work
     counts: dict[str, int] = field(default_factory=dict)
@@ -75,13 +76,14 @@ class RunExecution:
     def __post_init__(self) -> None:
         self.idle.set()
 
-    def take(self) -> None:
-        self.held += 1
+    def call_started(self) -> None:
+        self.in_call += 1
         self.idle.clear()
 
-    def put(self) -> None:
-        self.held -= 1
-        if self.held == 0:
+    def call_ended(self) -> None:
+        """The call's outcome is buffered (or the call was abandoned)."""
+        self.in_call -= 1
+        if self.in_call == 0:
             self.idle.set()
 
     @property

@@ -67,6 +67,7 @@ class CampaignRuns:
             "id": campaign.id, "name": campaign.name, "channel": campaign.channel.value}
         self.group: asyncio.TaskGroup | None = None
         self._control_wake = asyncio.Event()
+        self._activation_wake = asyncio.Event()
         self._start_queue: deque[RunRow] = deque()
         self._start_wake = asyncio.Event()
         self._starting: set[str] = set()
@@ -200,7 +201,23 @@ class CampaignRuns:
         self.services.metrics.runs_active.inc()
         if self.clock.now() >= run.first_delivery:
             self._activate(run)
+        else:
+            self._activation_wake.set()
         self.wake_feeder()
+
+    async def activator_loop(self) -> None:
+        """Activate each frozen run at its first delivery time, to the millisecond: its own
+        loop, so that the control loop's reads never delay a start."""
+        while True:
+            self._activation_wake.clear()
+            now = self.clock.now()
+            waiting = [run for run in self.runs.values() if run.state is RunState.WAITING]
+            for run in waiting:
+                if now >= run.first_delivery:
+                    self._activate(run)
+            later = [run.first_delivery for run in waiting if run.state is RunState.WAITING]
+            seconds = (min(later) - now).total_seconds() if later else None
+            await self.wait(self._activation_wake, seconds)
 
     def _activate(self, run: RunExecution) -> None:
         run.state = RunState.ACTIVE

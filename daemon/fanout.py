@@ -104,6 +104,8 @@ class CampaignWorker(CampaignRuns):
             recorder = group.create_task(self.recorder.run(), name=f"recorder:{self.campaign.id}")
             control = group.create_task(self.control_loop(), name=f"control:{self.campaign.id}")
             starter = group.create_task(self.starter_loop(), name=f"starter:{self.campaign.id}")
+            activator = group.create_task(self.activator_loop(),
+                                          name=f"activator:{self.campaign.id}")
             feeder = group.create_task(self._feed_loop(), name=f"feeder:{self.campaign.id}")
             self._senders = [
                 group.create_task(self._sender(), name=f"sender:{self.campaign.id}:{n}")
@@ -113,7 +115,7 @@ class CampaignWorker(CampaignRuns):
             await asyncio.wait([control, stopper], return_when=asyncio.FIRST_COMPLETED)
             self.stopping = True
             stopper.cancel()
-            for task in (control, starter, feeder):
+            for task in (control, starter, activator, feeder):
                 task.cancel()
             deadline = self.clock.monotonic() + grace()
             await self._drain(grace(), force)
@@ -277,11 +279,11 @@ class CampaignWorker(CampaignRuns):
         assert task is not None
         while (item := await self._take()) is not None:
             run, recipient = item
-            run.take()
+            run.held += 1
             try:
                 await self._deliver(run, recipient, task)
             finally:
-                run.put()
+                run.held -= 1
 
     async def _deliver(self, run: RunExecution, recipient: Claimed,
                        task: asyncio.Task[None]) -> None:
@@ -304,26 +306,30 @@ class CampaignWorker(CampaignRuns):
         if not await self._admit(run, gate, recipient):
             return
         self._calling.add(task)
-        began = self.clock.monotonic()
-        result: SendResult | None = None
-        error: ProviderError | None = None
+        run.call_started()
         try:
-            result = await provider.send(message)
-        except ProviderError as exc:
-            error = exc
-        except asyncio.CancelledError:
-            self._abandoned += 1  # stays marked in flight: sent again after a restart
-            raise
-        except Exception as exc:  # a provider bug must not lose the recipient: retry it
-            self.log.exception("provider.error", provider=provider.name, run_id=run.id)
-            error = TransientError(f"provider_failure: {type(exc).__name__}")
+            began = self.clock.monotonic()
+            result: SendResult | None = None
+            error: ProviderError | None = None
+            try:
+                result = await provider.send(message)
+            except ProviderError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                self._abandoned += 1  # stays marked in flight: sent again after a restart
+                raise
+            except Exception as exc:  # a provider bug must not lose the recipient: retry it
+                self.log.exception("provider.error", provider=provider.name, run_id=run.id)
+                error = TransientError(f"provider_failure: {type(exc).__name__}")
+            finally:
+                gate.semaphore.release()
+                self._calling.discard(task)
+            self.services.metrics.provider_latency.labels(provider.name).observe(
+                self.clock.monotonic() - began)
+            run.calls += 1
+            self._outcome(run, recipient, provider.name, gate, result, error)
         finally:
-            gate.semaphore.release()
-            self._calling.discard(task)
-        self.services.metrics.provider_latency.labels(provider.name).observe(
-            self.clock.monotonic() - began)
-        run.calls += 1
-        self._outcome(run, recipient, provider.name, gate, result, error)
+            run.call_ended()
 
     async def _admit(self, run: RunExecution, gate: ProviderGate, recipient: Claimed) -> bool:
         """Take the campaign pacer's slot and the provider's gates. True: the call starts now,
@@ -337,6 +343,8 @@ class CampaignWorker(CampaignRuns):
                 admitted = self._last_check(run, gate)
                 return admitted
             async with self.pacer.turn():
+                if not self.may_call(run):  # closed while queued: make way at once
+                    return False
                 await self.pacer.token()
                 await self._provider_gates(gate)
                 try:

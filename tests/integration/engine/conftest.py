@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,6 +28,7 @@ from daemon.store import Pool
 @dataclass
 class Arrival:
     at: float  # time.monotonic() when the request arrived
+    wall: datetime  # the same instant on the wall clock
     key: str
     body: dict[str, Any]
 
@@ -47,9 +48,10 @@ class Gateway:
 
     async def handle(self, request: web.Request) -> web.Response:
         at = time.monotonic()
+        wall = datetime.now(UTC)
         body = await request.json()
         index = len(self.arrivals)
-        self.arrivals.append(Arrival(at, request.headers["Idempotency-Key"], body))
+        self.arrivals.append(Arrival(at, wall, request.headers["Idempotency-Key"], body))
         if self.respond is None:
             return web.json_response({"id": f"gw-{index}"})
         answer = self.respond(body, index)
@@ -233,8 +235,6 @@ async def recipient_rows(pool: Pool, run_id: str) -> list[dict[str, Any]]:
 
 
 def future(seconds: float, now: datetime | None = None) -> datetime:
-    from datetime import UTC
-
     return (now or datetime.now(UTC)) + timedelta(seconds=seconds)
 
 
