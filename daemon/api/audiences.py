@@ -121,7 +121,11 @@ def _operations() -> list[Operation]:
     return [
         Operation("PUT", path, put, "putAudience", "Create or rename an audience", "audiences",
                   {200: Reply("Renamed.", Audience),
-                   201: Reply("Created.", Audience, ("Location",))},
+                   201: Reply("Created.", Audience, ("Location",), links=(
+                       ("getAudience", "$response.body#/id"),
+                       ("addAudienceMembers", "$response.body#/id"),
+                       ("deleteAudience", "$response.body#/id"),
+                   ))},
                   (400, 404, 413, 415, 422), body=AudienceBody, body_required=False),
         Operation("GET", path, read, "getAudience", "Read an audience (with its size)",
                   "audiences", {200: Reply("The audience.", Audience)}, (404,)),

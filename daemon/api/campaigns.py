@@ -194,7 +194,14 @@ def _operations() -> list[Operation]:
     path = "/v1/campaigns/{id}"
     return [
         Operation("POST", "/v1/campaigns", create, "createCampaign", "Create a campaign (draft)",
-                  "campaigns", {201: Reply("Created.", Campaign, ("Location",))},
+                  "campaigns", {201: Reply("Created.", Campaign, ("Location",), links=(
+                      ("getCampaign", "$response.body#/id"),
+                      ("updateCampaign", "$response.body#/id"),
+                      ("activateCampaign", "$response.body#/id"),
+                      ("triggerCampaign", "$response.body#/id"),
+                      ("stopCampaign", "$response.body#/id"),
+                      ("getCampaignReport", "$response.body#/id"),
+                  ))},
                   (400, 409, 413, 415, 422), body=CampaignCreate),
         Operation("GET", "/v1/campaigns", list_campaigns, "listCampaigns", "List campaigns",
                   "campaigns", {200: Reply("A page of campaigns.", CampaignPage)}, (422,),

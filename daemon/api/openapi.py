@@ -24,7 +24,8 @@ from daemon.models import ID_PATTERN
 REF = "#/components/schemas/{model}"
 _PARAM = re.compile(r"{(\w+)}")
 _ERROR_TEXT = {
-    400: "Malformed JSON (`malformed_json`) or body cut short.",
+    400: "Malformed JSON (`malformed_json`), a body cut short, or a request the HTTP layer "
+    "cannot parse (a request line or header over 8 KiB: plain text).",
     401: "No or invalid credentials (`unauthorized`, `invalid_signature`).",
     403: "The token's scope does not allow this (`forbidden`).",
     404: "No such resource (`not_found`).",
@@ -87,10 +88,12 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 
 def _problem_reply(status: int) -> dict[str, Any]:
-    return {
-        "description": _ERROR_TEXT.get(status, "Error."),
-        "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": REF.format(model="ProblemBody")}}},
+    content: dict[str, Any] = {
+        PROBLEM_CONTENT_TYPE: {"schema": {"$ref": REF.format(model="ProblemBody")}}
     }
+    if status == 400:  # the HTTP layer refuses unparsable requests in plain text
+        content["text/plain"] = {"schema": {"type": "string"}}
+    return {"description": _ERROR_TEXT.get(status, "Error."), "content": content}
 
 
 def _reply(reply: Reply, refs: dict[Any, Any]) -> dict[str, Any]:
@@ -99,6 +102,11 @@ def _reply(reply: Reply, refs: dict[Any, Any]) -> dict[str, Any]:
         answer["content"] = {"application/json": {"schema": refs[(reply.model, "serialization")]}}
     if reply.headers:
         answer["headers"] = {name: {"schema": {"type": "string"}} for name in reply.headers}
+    if reply.links:
+        answer["links"] = {
+            target: {"operationId": target, "parameters": {"id": expression}}
+            for target, expression in reply.links
+        }
     return answer
 
 
@@ -131,7 +139,7 @@ def _operation(operation: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
             media: {"schema": {"type": "string", "description": text}}
             for media, text in operation.stream_types.items()
         }}
-    errors = set(operation.errors) | {503}
+    errors = set(operation.errors) | {400, 503}
     if operation.scope is not None:
         errors |= {401, 403}
         document["security"] = [{"bearerAuth": []}]
@@ -183,6 +191,13 @@ def _static_paths() -> dict[str, Any]:
     }
 
 
+def _with_bad_request(paths: dict[str, Any]) -> dict[str, Any]:
+    for item in paths.values():
+        for operation in item.values():
+            operation["responses"].setdefault("400", _problem_reply(400))
+    return paths
+
+
 def build(operations: list[Operation]) -> dict[str, Any]:
     """The whole document for these operations."""
     keys: list[tuple[type[BaseModel], Any]] = [(schemas.ProblemBody, "serialization")]
@@ -193,7 +208,7 @@ def build(operations: list[Operation]) -> dict[str, Any]:
         keys += [(reply.model, "serialization") for reply in operation.replies.values()
                  if reply.model is not None]
     refs, definitions = models_json_schema(list(dict.fromkeys(keys)), ref_template=REF)
-    paths: dict[str, Any] = _static_paths()
+    paths: dict[str, Any] = _with_bad_request(_static_paths())
     for operation in operations:
         paths.setdefault(operation.path, {})[operation.method.lower()] = _operation(
             operation, refs

@@ -27,6 +27,8 @@ class Reply:
     description: str
     model: type[BaseModel] | None = None
     headers: tuple[str, ...] = ()  # e.g. "Location"
+    # OpenAPI links: operationId -> the path parameter `id`, as a runtime expression.
+    links: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

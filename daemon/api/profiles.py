@@ -140,7 +140,10 @@ def _operations() -> list[Operation]:
     return [
         Operation("PUT", path, put, "putProfile", "Create or replace a profile", "profiles",
                   {200: Reply("Replaced.", Profile),
-                   201: Reply("Created.", Profile, ("Location",))},
+                   201: Reply("Created.", Profile, ("Location",), links=(
+                       ("getProfile", "$response.body#/id"),
+                       ("deleteProfile", "$response.body#/id"),
+                   ))},
                   (400, 404, 413, 415, 422), body=ProfileBody),
         Operation("GET", path, read, "getProfile", "Read a profile", "profiles",
                   {200: profile}, (404,)),

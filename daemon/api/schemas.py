@@ -200,7 +200,9 @@ class CampaignPage(ResponseModel):
 
 class PageQuery(QueryModel):
     limit: int = Field(default=100, ge=1, le=1000)
-    cursor: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    cursor: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,500}$")] | None = Field(
+        default=None, description="`next_cursor` of the previous page, as given."
+    )
 
 
 class CampaignListQuery(PageQuery):

@@ -255,7 +255,11 @@ OPERATIONS = [
         "POST", "/v1/campaigns/{id}/triggers", trigger, "triggerCampaign", "Trigger a campaign",
         "triggers",
         {202: Reply("The run was created (or, for a repeated idempotency key, found).",
-                    TriggerAccepted, ("Location",)),
+                    TriggerAccepted, ("Location",), links=(
+                        ("getRun", "$response.body#/run_id"),
+                        ("cancelRun", "$response.body#/run_id"),
+                        ("listRunRecipients", "$response.body#/run_id"),
+                    )),
          200: Reply("`dry_run=true`: what the run would do; nothing was created.",
                     TriggerPreview)},
         (400, 404, 409, 413, 415, 422), body=TriggerBody, body_required=False,
