@@ -34,8 +34,8 @@ from daemon.api.context import AppContext
 from daemon.bootstrap import ensure_admin_token
 from daemon.clock import Clock, SystemClock
 from daemon.config import Config
-from daemon.errors import CampaigndError
 from daemon.database import Pool, open_database
+from daemon.errors import CampaigndError
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
 from daemon.systemd import Notifier
