@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable
 
 from daemon import __version__, logs
-from daemon.cli import admin
+from daemon.cli import admin, campaigns, profiles, trigger
 from daemon.cli.common import add_config_argument, fail, load_config
 from daemon.errors import CampaigndError
 
@@ -18,6 +18,9 @@ from daemon.errors import CampaigndError
 # `func` (args -> exit code) on its parser.
 COMMAND_MODULES: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     admin.register,
+    campaigns.register,
+    trigger.register,
+    profiles.register,
 ]
 
 
