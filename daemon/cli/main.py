@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable
 
 from daemon import __version__, logs
-from daemon.cli import admin, campaigns, profiles, trigger
+from daemon.cli import admin, campaigns, profiles, runs, trigger
 from daemon.cli.common import add_config_argument, fail, load_config
 from daemon.errors import CampaigndError
 
@@ -21,6 +21,7 @@ COMMAND_MODULES: list[Callable[[argparse._SubParsersAction[argparse.ArgumentPars
     campaigns.register,
     trigger.register,
     profiles.register,
+    runs.register,
 ]
 
 
