@@ -1,32 +1,51 @@
-"""Streamed bulk bodies (NDJSON or CSV) parsed line by line, never held whole.
+"""Streamed bulk bodies (NDJSON or CSV) parsed chunk by chunk, never held whole.
 
-`records()` turns a stream of byte chunks into numbered logical lines (a CSV
-record may span physical lines inside quotes); `profiles()` and `members()` turn
-those into validated rows or `LineError`s. A bad line is reported and skipped;
-it never stops the good ones. Memory stays bounded by one chunk plus one line
-(at most MAX_LINE_BYTES; a longer line is skipped and reported).
+`Lines` cuts byte chunks into numbered lines; `CsvRecords` joins the lines of a
+quoted field that holds newlines; `ProfileRows` and `MemberRows` turn a chunk's
+lines into rows ready for COPY, and report each bad line (number and reason) to
+a `Tally`. A bad line never stops the good ones. Memory stays bounded by one
+chunk plus one line (MAX_LINE_BYTES; a longer line is skipped and reported).
+
+The work is done per chunk, not per line through generators: at a million lines,
+per-line overhead is what a bulk import is made of.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import re
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from daemon.api.fields import RequestModel
-from daemon.api.schemas import MemberLine, ProfileLine
-from daemon.api.validation import decode_json, field_errors, storable_errors
+from daemon.api.fields import EMAIL_PATTERN, MAX_OBJECT_BYTES, PHONE_PATTERN
+from daemon.api.schemas import ProfileLine
+from daemon.api.validation import decode_storable, field_errors
 from daemon.errors import Problem
+from daemon.models import ID_PATTERN
+from daemon.store.profiles import GIVEN_ATTRIBUTES, GIVEN_EMAIL, GIVEN_PHONE, GIVEN_PUSH_TOKENS
 
 Format = Literal["ndjson", "csv"]
 MEDIA_TYPES: dict[str, Format] = {"application/x-ndjson": "ndjson", "text/csv": "csv"}
 
 MAX_LINE_BYTES = 1024 * 1024
 MAX_REPORTED = 100
-CSV_KNOWN = ("id", "email", "phone", "push_token")
+MAX_PUSH_TOKEN = 4096
+
+_ID = re.compile(ID_PATTERN)
+_EMAIL = re.compile(EMAIL_PATTERN)
+_PHONE = re.compile(PHONE_PATTERN)
+_UNREADABLE = f"not UTF-8, or longer than {MAX_LINE_BYTES // 1024} KiB"
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_quote = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept as is
+
+Line = tuple[int, str | None]  # (1-based number, text; None: unreadable)
+ProfileRow = tuple[Any, ...]  # store.profiles.IMPORT_COLUMNS
+_GIVEN_BITS = {"email": GIVEN_EMAIL, "phone": GIVEN_PHONE, "push_tokens": GIVEN_PUSH_TOKENS,
+               "attributes": GIVEN_ATTRIBUTES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,212 +62,311 @@ class Tally:
     rejected: int = 0
     errors: list[LineError] = field(default_factory=list)
 
-    def refuse(self, error: LineError) -> None:
+    def refuse(self, line: int, reason: str) -> None:
         self.rejected += 1
         if len(self.errors) < MAX_REPORTED:
-            self.errors.append(error)
+            self.errors.append(LineError(line, reason))
 
 
-async def lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, str | None]]:
-    """(line number, text) for each non-empty line; text None when the line is too long or
-    not UTF-8 (the caller reports it)."""
-    number = 0
-    pending = b""
-    skipping = False  # inside a line longer than MAX_LINE_BYTES
-    async for chunk in chunks:
-        start = 0
-        while True:
-            end = chunk.find(b"\n", start)
-            if end < 0:
-                if not skipping:
-                    pending += chunk[start:]
-                    if len(pending) > MAX_LINE_BYTES:
-                        pending, skipping = b"", True
-                break
-            number += 1
-            if skipping:
-                skipping = False
-                yield number, None
-            else:
-                text = _decode(pending + chunk[start:end])
-                if text is None or text.strip():
-                    yield number, text
-            pending = b""
-            start = end + 1
-    if skipping:
-        yield number + 1, None
-    elif pending.strip():
-        yield number + 1, _decode(pending)
+class Lines:
+    """Numbered non-blank lines from byte chunks (`\\n` or `\\r\\n`)."""
+
+    def __init__(self) -> None:
+        self.number = 0
+        self._pending = b""
+        self._skipping = False  # inside a line longer than MAX_LINE_BYTES
+
+    def feed(self, chunk: bytes) -> list[Line]:
+        data = self._pending + chunk if self._pending else chunk
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._keep(data)
+            return []
+        self._keep(data[end + 1:])
+        lines: list[Line] = []
+        block = data[:end]
+        try:
+            texts: list[str | None] = list(block.decode("utf-8").split("\n"))
+        except UnicodeDecodeError:
+            texts = [_decode(raw) for raw in block.split(b"\n")]
+        first = self.number + 1
+        self.number += len(texts)
+        if self._skipping:  # the end of an overlong line
+            self._skipping = False
+            texts[0] = None
+        for offset, text in enumerate(texts):
+            if text is None or len(text) > MAX_LINE_BYTES:
+                lines.append((first + offset, None))
+            elif text.strip():
+                lines.append((first + offset, text[:-1] if text.endswith("\r") else text))
+        return lines
+
+    def _keep(self, rest: bytes) -> None:
+        if self._skipping or len(rest) > MAX_LINE_BYTES:
+            self._pending, self._skipping = b"", True
+        else:
+            self._pending = rest
+
+    def finish(self) -> list[Line]:
+        """The last line, when the body does not end with a newline."""
+        if self._skipping:
+            return [(self.number + 1, None)]
+        if self._pending.strip():
+            text = _decode(self._pending)
+            return [(self.number + 1, text.rstrip("\r") if text is not None else None)]
+        return []
 
 
 def _decode(raw: bytes) -> str | None:
     try:
-        return raw.rstrip(b"\r").decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
 
 
-def _reason_for_unreadable() -> str:
-    return f"not UTF-8, or longer than {MAX_LINE_BYTES // 1024} KiB"
+class CsvRecords:
+    """CSV records from lines: a quoted field may hold newlines, so a record spans lines
+    until its quotes balance; it is numbered by its first line."""
 
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+        self._parts: list[str] = []
+        self._first = 0
 
-async def csv_records(
-    numbered: AsyncIterable[tuple[int, str | None]], tally: Tally
-) -> AsyncIterator[tuple[int, list[str]]]:
-    """CSV records (a quoted field may hold newlines: the record spans lines until its quotes
-    balance), numbered by their first line."""
-    parts: list[str] = []
-    first = 0
-    size = 0
-    async for number, text in numbered:
-        if text is None:
-            tally.received += 1
-            tally.refuse(LineError(number, _reason_for_unreadable()))
-            parts, size = [], 0
-            continue
-        if not parts:
-            first = number
-        parts.append(text)
-        size += len(text)
-        record = "\n".join(parts)
-        if record.count('"') % 2 == 1 and size <= MAX_LINE_BYTES:
-            continue  # inside quotes: the record goes on
-        parts, size = [], 0
+    def feed(self, lines: list[Line]) -> list[tuple[int, list[str]]]:
+        complete: list[tuple[int, str]] = []
+        for number, text in lines:
+            if text is None:
+                self._refuse(number, _UNREADABLE)
+                self._parts = []
+                continue
+            if not self._parts:
+                self._first = number
+            self._parts.append(text)
+            record = "\n".join(self._parts) if len(self._parts) > 1 else text
+            if record.count('"') % 2 == 1 and len(record) <= MAX_LINE_BYTES:
+                continue  # inside quotes: the record goes on
+            self._parts = []
+            if "\x00" in record:
+                self._refuse(self._first, "NUL characters are refused")
+            else:
+                complete.append((self._first, record))
+        return self._parse(complete)
+
+    def _parse(self, records: list[tuple[int, str]]) -> list[tuple[int, list[str]]]:
         try:
-            yield first, next(csv.reader([record], strict=True))
-        except (csv.Error, StopIteration) as exc:
-            tally.received += 1
-            tally.refuse(LineError(first, f"invalid CSV: {exc}"))
-    if parts:
-        tally.received += 1
-        tally.refuse(LineError(first, "invalid CSV: a quoted field is not closed"))
+            rows = list(csv.reader([text for _, text in records], strict=True))
+            return [(number, cells) for (number, _), cells in zip(records, rows, strict=True)]
+        except (csv.Error, ValueError):
+            pass  # one record is bad: parse them one by one to find it
+        parsed: list[tuple[int, list[str]]] = []
+        for number, text in records:
+            try:
+                parsed.append((number, next(csv.reader([text], strict=True))))
+            except (csv.Error, StopIteration) as exc:
+                self._refuse(number, f"invalid CSV: {exc}")
+        return parsed
+
+    def finish(self) -> None:
+        if self._parts:
+            self._refuse(self._first, "invalid CSV: a quoted field is not closed")
+            self._parts = []
+
+    def _refuse(self, number: int, reason: str) -> None:
+        self.tally.received += 1
+        self.tally.refuse(number, reason)
 
 
-def _first_error(exc: ValidationError) -> str:
-    errors = field_errors(exc)
-    first = errors[0]
-    return f"{first.loc}: {first.msg}" if first.loc else first.msg
+class _BulkParser:
+    """Chunks in, rows out; the format-specific parts are in the subclasses."""
 
+    csv_required: str
 
-def validate(model: type[RequestModel], data: Any) -> RequestModel | str:
-    """The line as `model`, or the reason it is refused."""
-    problems = storable_errors(data)
-    if problems:
-        return f"{problems[0].loc}: {problems[0].msg}" if problems[0].loc else problems[0].msg
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        return _first_error(exc)
-    except RecursionError:
-        return "nested too deeply"
+    def __init__(self, fmt: Format, tally: Tally) -> None:
+        self.fmt = fmt
+        self.tally = tally
+        self.lines = Lines()
+        self.records = CsvRecords(tally)
+        self.header: list[str] | None = None
+        self.header_refused = False
 
+    def feed(self, chunk: bytes) -> list[Any]:
+        return self._rows(self.lines.feed(chunk))
 
-def _json_line(text: str) -> Any:
-    try:
-        return decode_json(text.encode())
-    except Problem as exc:
-        return exc
+    def finish(self) -> list[Any]:
+        rows = self._rows(self.lines.finish())
+        if self.fmt == "csv":
+            self.records.finish()
+        return rows
 
+    def _rows(self, lines: list[Line]) -> list[Any]:
+        if self.fmt == "ndjson":
+            return self._ndjson(lines)
+        rows: list[Any] = []
+        for number, cells in self.records.feed(lines):
+            if self.header_refused:
+                continue  # nothing after a bad header can be read
+            if self.header is None:
+                self._read_header(number, cells)
+                continue
+            self.tally.received += 1
+            if len(cells) != len(self.header):
+                self.tally.refuse(number, f"{len(cells)} cells for {len(self.header)} columns")
+                continue
+            row = self.csv_row(number, cells)
+            if row is not None:
+                rows.append(row)
+        return rows
 
-async def json_objects(
-    numbered: AsyncIterable[tuple[int, str | None]], tally: Tally
-) -> AsyncIterator[tuple[int, Any]]:
-    """NDJSON: one JSON value per line."""
-    async for number, text in numbered:
-        tally.received += 1
-        if text is None:
-            tally.refuse(LineError(number, _reason_for_unreadable()))
-            continue
-        value = _json_line(text)
-        if isinstance(value, Problem):
-            tally.refuse(LineError(number, value.detail or "invalid JSON"))
-            continue
-        yield number, value
-
-
-async def csv_objects(
-    numbered: AsyncIterable[tuple[int, str | None]], tally: Tally, columns: tuple[str, ...],
-    known: tuple[str, ...],
-) -> AsyncIterator[tuple[int, Any]]:
-    """CSV as dicts: a header naming at least `columns`; cells of `known` columns become
-    fields, other cells string attributes; empty cells are absent."""
-    records = csv_records(numbered, tally)
-    header: list[str] | None = None
-    async for number, cells in records:
-        if header is None:
-            header = [cell.strip() for cell in cells]
-            missing = [c for c in columns if c not in header]
-            if missing or len(set(header)) != len(header):
-                why = f"no {missing[0]!r} column" if missing else "repeated column names"
-                tally.received += 1
-                tally.refuse(LineError(number, f"invalid CSV header: {why}"))
-                async for _ in records:  # nothing after a bad header can be read
-                    pass
-                return
-            continue
-        tally.received += 1
-        if len(cells) != len(header):
-            tally.refuse(LineError(number, f"{len(cells)} cells for {len(header)} columns"))
-            continue
-        yield number, _csv_object(header, cells, known)
-
-
-def _csv_object(header: list[str], cells: list[str], known: tuple[str, ...]) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    attributes: dict[str, str] = {}
-    for name, cell in zip(header, cells, strict=True):
-        if cell == "":
-            continue
-        if name == "push_token":
-            data["push_tokens"] = [cell]
-        elif name in known:
-            data[name] = cell
+    def _read_header(self, number: int, cells: list[str]) -> None:
+        header = [cell.strip() for cell in cells]
+        problem = None
+        if self.csv_required not in header:
+            problem = f"no {self.csv_required!r} column"
+        elif len(set(header)) != len(header):
+            problem = "repeated column names"
+        if problem is None:
+            self.header = header
+            self.configure(header)
         else:
-            attributes[name] = cell
-    if attributes:
-        data["attributes"] = attributes
-    return data
+            self.header_refused = True
+            self.tally.received += 1
+            self.tally.refuse(number, f"invalid CSV header: {problem}")
+
+    def _ndjson(self, lines: list[Line]) -> list[Any]:
+        rows: list[Any] = []
+        for number, text in lines:
+            self.tally.received += 1
+            if text is None:
+                self.tally.refuse(number, _UNREADABLE)
+                continue
+            try:
+                value = decode_storable(text.encode())
+            except Problem as exc:
+                reason = exc.errors[0] if exc.errors else None
+                self.tally.refuse(number, f"{reason.loc}: {reason.msg}" if reason and reason.loc
+                                  else reason.msg if reason else exc.detail or "invalid JSON")
+                continue
+            row = self.json_row(number, value)
+            if row is not None:
+                rows.append(row)
+        return rows
+
+    def configure(self, header: list[str]) -> None:
+        raise NotImplementedError
+
+    def csv_row(self, number: int, cells: list[str]) -> Any:
+        raise NotImplementedError
+
+    def json_row(self, number: int, value: Any) -> Any:
+        raise NotImplementedError
 
 
-async def objects(
-    chunks: AsyncIterable[bytes], fmt: Format, tally: Tally, *, csv_columns: tuple[str, ...],
-    csv_known: tuple[str, ...],
-) -> AsyncIterator[tuple[int, Any]]:
-    """The body's lines as (line number, JSON-like value), bad lines tallied."""
-    numbered = lines(chunks)
-    if fmt == "ndjson":
-        async for item in json_objects(numbered, tally):
-            yield item
-    else:
-        async for item in csv_objects(numbered, tally, csv_columns, csv_known):
-            yield item
+def _bad_id(value: str) -> str | None:
+    # The words pydantic uses for the same rule on NDJSON lines and JSON bodies.
+    return None if _ID.match(value) else f"String should match pattern '{ID_PATTERN}'"
 
 
-async def profiles(
-    chunks: AsyncIterable[bytes], fmt: Format, tally: Tally
-) -> AsyncIterator[tuple[int, ProfileLine]]:
-    """Valid profile lines with their numbers; the others go to `tally`."""
-    async for number, data in objects(chunks, fmt, tally, csv_columns=("id",),
-                                      csv_known=CSV_KNOWN):
-        line = validate(ProfileLine, data)
-        if isinstance(line, str):
-            tally.refuse(LineError(number, line))
-        else:
-            assert isinstance(line, ProfileLine)
-            yield number, line
+class ProfileRows(_BulkParser):
+    """Profile lines as staging rows (store.profiles.IMPORT_COLUMNS)."""
+
+    csv_required = "id"
+
+    def configure(self, header: list[str]) -> None:
+        self._columns = {name: header.index(name) for name in ("id", "email", "phone",
+                                                               "push_token") if name in header}
+        self._attribute_indexes = [index for index, name in enumerate(header)
+                                   if name not in self._columns]
+        self._keys = {index: _quote(header[index]) for index in self._attribute_indexes}
+
+    def csv_row(self, number: int, cells: list[str]) -> ProfileRow | None:
+        columns = self._columns
+        profile_id = cells[columns["id"]]
+        email = cells[columns["email"]] if "email" in columns else ""
+        phone = cells[columns["phone"]] if "phone" in columns else ""
+        token = cells[columns["push_token"]] if "push_token" in columns else ""
+        reason = _bad_id(profile_id)
+        if reason:
+            return self._refused(number, "id", reason)
+        if email and (len(email) > 254 or not _EMAIL.match(email)):
+            return self._refused(number, "email", "not an email address")
+        if phone and not _PHONE.match(phone):
+            return self._refused(number, "phone", "not an E.164 number (+ and up to 15 digits)")
+        if len(token) > MAX_PUSH_TOKEN:
+            return self._refused(number, "push_token", f"longer than {MAX_PUSH_TOKEN}")
+        # Flat string pairs: spelled out directly (two C calls a pair, not the JSON encoder).
+        pairs = [f"{self._keys[index]}:{_quote(cells[index])}"
+                 for index in self._attribute_indexes if cells[index]]
+        encoded = "{" + ",".join(pairs) + "}" if pairs else None
+        if encoded is not None and len(encoded) > MAX_OBJECT_BYTES:
+            return self._refused(number, "attributes", "larger than 64 KiB as JSON")
+        given = ((GIVEN_EMAIL if email else 0) | (GIVEN_PHONE if phone else 0)
+                 | (GIVEN_PUSH_TOKENS if token else 0) | (GIVEN_ATTRIBUTES if encoded else 0))
+        return (number, profile_id, email or None, phone or None, [token] if token else None,
+                encoded, None, None, None, given)
+
+    def json_row(self, number: int, value: Any) -> ProfileRow | None:
+        try:
+            line = ProfileLine.model_validate(value)
+        except ValidationError as exc:
+            first = field_errors(exc)[0]
+            self.tally.refuse(number, f"{first.loc}: {first.msg}" if first.loc else first.msg)
+            return None
+        given = 0
+        for name in line.model_fields_set:
+            given |= _GIVEN_BITS.get(name, 0)
+        subscriptions = line.subscriptions
+        return (
+            number, line.id, line.email, line.phone, line.push_tokens,
+            None if line.attributes is None else _ENCODE(line.attributes),
+            subscriptions.email if subscriptions else None,
+            subscriptions.sms if subscriptions else None,
+            subscriptions.push if subscriptions else None,
+            given,
+        )
+
+    def _refused(self, number: int, loc: str, reason: str) -> ProfileRow | None:
+        """Refuse the line; None (no row) for the caller to return."""
+        self.tally.refuse(number, f"{loc}: {reason}")
+        return None
 
 
-async def members(
-    chunks: AsyncIterable[bytes], fmt: Format, tally: Tally
-) -> AsyncIterator[tuple[int, str]]:
-    """Valid `profile_id`s with their line numbers; the others go to `tally`."""
-    async for number, data in objects(chunks, fmt, tally, csv_columns=("profile_id",),
-                                      csv_known=("profile_id",)):
-        if isinstance(data, dict) and fmt == "csv":
-            data = {"profile_id": data.get("profile_id")}
-        line = validate(MemberLine, data)
-        if isinstance(line, str):
-            tally.refuse(LineError(number, line))
-        else:
-            assert isinstance(line, MemberLine)
-            yield number, line.profile_id
+class MemberRows(_BulkParser):
+    """Member lines as (line, profile_id) rows."""
+
+    csv_required = "profile_id"
+
+    def configure(self, header: list[str]) -> None:
+        self._column = header.index("profile_id")
+
+    def csv_row(self, number: int, cells: list[str]) -> tuple[int, str] | None:
+        return self._member(number, cells[self._column])
+
+    def json_row(self, number: int, value: Any) -> tuple[int, str] | None:
+        if not isinstance(value, dict) or set(value) != {"profile_id"}:
+            self.tally.refuse(number, 'expected {"profile_id": "..."}')
+            return None
+        profile_id = value["profile_id"]
+        if not isinstance(profile_id, str):
+            self.tally.refuse(number, "profile_id: must be a string")
+            return None
+        return self._member(number, profile_id)
+
+    def _member(self, number: int, profile_id: str) -> tuple[int, str] | None:
+        reason = _bad_id(profile_id)
+        if reason:
+            self.tally.refuse(number, f"profile_id: {reason}")
+            return None
+        return (number, profile_id)
+
+
+async def rows(
+    chunks: AsyncIterable[bytes], parser: ProfileRows | MemberRows
+) -> AsyncIterator[Any]:
+    """The body's rows, one at a time (as COPY takes them), parsed a chunk at a time."""
+    async for chunk in chunks:
+        for row in parser.feed(chunk):
+            yield row
+    for row in parser.finish():
+        yield row
+

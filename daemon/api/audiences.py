@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 from aiohttp import web
 
@@ -39,7 +37,7 @@ async def put(request: web.Request) -> web.Response:
     ctx = context(request)
     identifier = _id(request)
     data = await read_body(request, ctx.config.server.max_body_bytes, allow_empty=True)
-    body = parse(AudienceBody, {} if data is None else data)
+    body = parse(AudienceBody, {} if data is None else data, checked=True)
     created = await audiences.put(ctx.pool, identifier, body.name, ctx.clock.now())
     row = await audiences.get(ctx.pool, identifier)
     if row is None:  # deleted in between
@@ -65,13 +63,6 @@ async def delete(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def _staged(
-    request: web.Request, fmt: imports.Format, tally: imports.Tally
-) -> AsyncIterator[tuple[int, str]]:
-    async for item in imports.members(bulk.chunks(request), fmt, tally):
-        yield item
-
-
 @requires(TokenScope.ADMIN)
 async def add_members(request: web.Request) -> web.Response:
     ctx = context(request)
@@ -83,7 +74,8 @@ async def add_members(request: web.Request) -> web.Response:
             if not await audiences.hold(conn, identifier):
                 raise problem(404, detail=_NOT_FOUND)
             await audiences.create_member_table(conn)
-            await audiences.copy_member_rows(conn, _staged(request, fmt, tally))
+            parser = imports.MemberRows(fmt, tally)
+            await audiences.copy_member_rows(conn, imports.rows(bulk.chunks(request), parser))
             unknown, first_unknown = await audiences.unknown_members(conn, imports.MAX_REPORTED)
             try:
                 added = await audiences.add_staged_members(conn, identifier)

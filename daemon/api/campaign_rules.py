@@ -42,7 +42,7 @@ def compile_content(channel: Channel, content: dict[str, Any]) -> CompiledConten
 
 def checked_content(channel: Channel, content: dict[str, Any]) -> dict[str, Any]:
     """`content` validated for `channel` and compiled; returned as stored (no nulls)."""
-    model = parse(CONTENT_MODELS[channel], content, prefix="content")
+    model = parse(CONTENT_MODELS[channel], content, prefix="content", checked=True)
     normalised = model.model_dump(by_alias=True, exclude_none=True)
     compile_content(channel, normalised)
     return normalised

@@ -69,7 +69,7 @@ def _location(record: CampaignRecord) -> dict[str, str]:
 async def create(request: web.Request) -> web.Response:
     ctx = context(request)
     data = await _body(request)
-    body = parse(CampaignCreate, data, context=campaign_rules.limits(ctx))
+    body = parse(CampaignCreate, data, context=campaign_rules.limits(ctx), checked=True)
     now = ctx.clock.now()
     spec = campaign_rules.spec_from(body, body.id or new_campaign_id(now))
     try:
@@ -116,14 +116,15 @@ async def patch(request: web.Request) -> web.Response:
     ctx = context(request)
     identifier = campaign_id(request)
     data = await _body(request)
-    parse(CampaignPatch, data, context=campaign_rules.limits(ctx))  # types and unknown keys
+    parse(CampaignPatch, data, context=campaign_rules.limits(ctx), checked=True)
     async with ctx.pool.acquire() as conn, conn.transaction():
         record = await campaigns.get(conn, identifier, for_update=True)
         if record is None:
             raise problem(404, detail=_NOT_FOUND)
         _require_draft(record, "edited")
         merged = campaign_rules.merge_patch(record, data)
-        body = parse(CampaignCreate, merged, context=campaign_rules.limits(ctx))
+        body = parse(CampaignCreate, merged, context=campaign_rules.limits(ctx),
+                     checked=True)
         spec = campaign_rules.spec_from(body, record.id)
         updated = await campaigns.update_draft(conn, spec, ctx.clock.now())
     log.info("campaign.updated", campaign_id=record.id)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from typing import Any
-
 import asyncpg
 from aiohttp import web
 
@@ -22,19 +18,9 @@ from daemon.errors import FieldError
 from daemon.logs import get_logger
 from daemon.models import TokenScope
 from daemon.store import audiences, profiles
-from daemon.store.profiles import (
-    GIVEN_ATTRIBUTES,
-    GIVEN_EMAIL,
-    GIVEN_PHONE,
-    GIVEN_PUSH_TOKENS,
-    ProfileData,
-)
+from daemon.store.profiles import ProfileData
 
 log = get_logger(__name__)
-
-_GIVEN_BITS = {"email": GIVEN_EMAIL, "phone": GIVEN_PHONE, "push_tokens": GIVEN_PUSH_TOKENS,
-               "attributes": GIVEN_ATTRIBUTES}
-
 
 def profile_id(request: web.Request) -> str:
     value = request.match_info["id"]
@@ -47,7 +33,8 @@ def profile_id(request: web.Request) -> str:
 async def put(request: web.Request) -> web.Response:
     ctx = context(request)
     identifier = profile_id(request)
-    body = parse(ProfileBody, await read_body(request, ctx.config.server.max_body_bytes))
+    data = await read_body(request, ctx.config.server.max_body_bytes)
+    body = parse(ProfileBody, data, checked=True)
     if body.id is not None and body.id != identifier:
         raise invalid([FieldError("id", "differs from the id in the path")])
     subscriptions = body.subscriptions
@@ -80,25 +67,6 @@ async def delete(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def _staged(
-    request: web.Request, fmt: imports.Format, tally: imports.Tally
-) -> AsyncIterator[tuple[Any, ...]]:
-    """The body's valid lines as staging rows (profiles.IMPORT_COLUMNS)."""
-    async for number, line in imports.profiles(bulk.chunks(request), fmt, tally):
-        given = 0
-        for name in line.model_fields_set:
-            given |= _GIVEN_BITS.get(name, 0)
-        subscriptions = line.subscriptions
-        yield (
-            number, line.id, line.email, line.phone, line.push_tokens,
-            None if line.attributes is None else json.dumps(line.attributes, ensure_ascii=False),
-            subscriptions.email if subscriptions else None,
-            subscriptions.sms if subscriptions else None,
-            subscriptions.push if subscriptions else None,
-            given,
-        )
-
-
 @requires(TokenScope.ADMIN)
 async def import_profiles(request: web.Request) -> web.Response:
     ctx = context(request)
@@ -112,7 +80,8 @@ async def import_profiles(request: web.Request) -> web.Response:
                 raise problem(404, detail=f"no audience {query.audience!r} (create it first: "
                               "PUT /v1/audiences/{id})")
             await profiles.create_import_table(conn)
-            await profiles.copy_import_rows(conn, _staged(request, fmt, tally))
+            parser = imports.ProfileRows(fmt, tally)
+            await profiles.copy_import_rows(conn, imports.rows(bulk.chunks(request), parser))
             created, updated = await profiles.merge_import(conn, ctx.clock.now())
             if query.audience is not None:
                 try:

@@ -28,7 +28,7 @@ from daemon.api.context import AppContext, context
 from daemon.api.operations import HeaderParam, Operation, Reply, register
 from daemon.api.problems import problem
 from daemon.api.schemas import TriggerAccepted, TriggerBody, TriggerPreview, TriggerQuery
-from daemon.api.validation import decode_json, invalid, parse, parse_query
+from daemon.api.validation import decode_storable, invalid, parse, parse_query
 from daemon.api.views import iso
 from daemon.errors import FieldError, Problem
 from daemon.ids import new_run_id
@@ -102,8 +102,8 @@ async def _read(request: web.Request) -> TriggerRequest:
         require_content_type(request, JSON_TYPES)
         raw = await read_limited(request, ctx.config.server.max_trigger_bytes)
     key = await _authenticate(request, raw) if signed else _idempotency_key(request)
-    data = decode_json(raw) if raw.strip() else {}
-    body = parse(TriggerBody, data, context=campaign_rules.limits(ctx))
+    data = decode_storable(raw) if raw.strip() else {}
+    body = parse(TriggerBody, data, context=campaign_rules.limits(ctx), checked=True)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return TriggerRequest(
         campaign_id=campaign_id,

@@ -67,7 +67,18 @@ async def read_body(request: web.Request, max_bytes: int, *, allow_empty: bool =
     raw = await read_limited(request, max_bytes)
     if allow_empty and not raw.strip():
         return None
-    return decode_json(raw)
+    return decode_storable(raw)
+
+
+def decode_storable(raw: bytes) -> Any:
+    """`decode_json`, then a 422 if a value cannot be stored. The walk is needed only when
+    the text has a `\\u` escape (the one way to spell NUL or a lone surrogate in valid
+    UTF-8 JSON) or enough brackets to nest deeper than MAX_DEPTH; non-finite numbers are
+    refused while decoding."""
+    value = decode_json(raw)
+    if b"\\u" in raw or raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
+        check_storable(value)
+    return value
 
 
 def storable_errors(value: Any, root: str = "") -> list[FieldError]:
@@ -118,6 +129,8 @@ def _message(error: Mapping[str, Any]) -> str:
         return "unknown field"
     if kind == "missing":
         return "this field is required"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "must be a JSON object"
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
@@ -133,10 +146,13 @@ def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
 
 
 def parse(
-    model: type[ModelT], data: Any, *, context: Mapping[str, Any] | None = None, prefix: str = ""
+    model: type[ModelT], data: Any, *, context: Mapping[str, Any] | None = None, prefix: str = "",
+    checked: bool = False,
 ) -> ModelT:
-    """`data` validated as `model`, or a 422 problem naming every bad field."""
-    check_storable(data, prefix)
+    """`data` validated as `model`, or a 422 problem naming every bad field. `checked`: the
+    data came from `decode_storable` (no need to walk it again)."""
+    if not checked:
+        check_storable(data, prefix)
     try:
         return model.model_validate(data, context=dict(context or {}))
     except ValidationError as exc:
