@@ -106,6 +106,24 @@ class Api:
         seconds = time.monotonic() - began
         return {"answer": answer, "seconds": seconds, "per_s": count / seconds}
 
+    async def add_members(self, audience: str, count: int, *, chunk: int = 50_000) -> None:
+        """Add profiles p00000000.. (the first `count` imported) to `audience`."""
+        await self.request("PUT", f"/v1/audiences/{audience}", json={"name": audience},
+                           expect=(200, 201))
+
+        async def body() -> AsyncIterator[bytes]:
+            for offset in range(0, count, chunk):
+                yield "".join(
+                    f'{{"profile_id":"p{i:08d}"}}\n'
+                    for i in range(offset, min(offset + chunk, count))
+                ).encode()
+                await asyncio.sleep(0)
+
+        await self.request(
+            "POST", f"/v1/audiences/{audience}/members", data=body(),
+            headers={"Content-Type": "application/x-ndjson"}, expect=(200, 201, 202),
+        )
+
     # -- campaigns, triggers, runs ------------------------------------------------------
 
     async def create_campaign(

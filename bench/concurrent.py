@@ -36,7 +36,7 @@ async def bench(options: Options) -> dict[str, Any]:
             window = harness.cpu_window(daemon)
             async with harness.profile(daemon, "concurrent"):
                 window.start()
-                await asyncio.gather(*(
+                reports = await asyncio.gather(*(
                     run_to_end(api, gateway, name, expected=count, rate=RATE) for name in names
                 ))
                 window.stop()
@@ -44,10 +44,11 @@ async def bench(options: Options) -> dict[str, Any]:
 
     profiles = {name: rate_profile(arrivals.times_for(campaign=name), RATE) for name in names}
     total_rate = achieved_rate(arrivals.mono)
-    cpu = window.per_thousand(count * CAMPAIGNS)
+    cpu = window.per_thousand(len(arrivals))
     result: dict[str, Any] = {
         **harness.describe(),
         "campaigns": profiles,
+        "all_finished": all(report["finished"] for report in reports),
         "min_ratio": min(p["ratio"] or 0.0 for p in profiles.values()),
         "total_per_s": round(total_rate or 0.0, 1),
         "total_ratio": ratio(total_rate, RATE * CAMPAIGNS, 4),

@@ -56,10 +56,11 @@ async def bench(options: Options) -> dict[str, Any]:
             finally:
                 await bare.stop()
             window = harness.cpu_window(daemon)
-            window.start()
-            measured = await _load(f"{daemon.url}/v1/campaigns/ingest/triggers",
-                                   daemon.token, options)
-            window.stop()
+            async with harness.profile(daemon, "ingest"):
+                window.start()
+                measured = await _load(f"{daemon.url}/v1/campaigns/ingest/triggers",
+                                       daemon.token, options)
+                window.stop()
         accepted = sum(s["statuses"].get("202", 0) for s in measured["steps"])
         accepted += (measured["closed"] or {}).get("statuses", {}).get("202", 0)
         if accepted == 0:

@@ -38,14 +38,15 @@ async def bench(options: Options) -> dict[str, Any]:
                 await api.create_campaign(f"rate{rate}", audience=f"a{rate}", rate=rate)
                 start += count
             slow = [rate for rate in sizes if rate != 2000]
-            await asyncio.gather(*(
+            reports = await asyncio.gather(*(
                 run_to_end(api, gateway, f"rate{rate}", expected=sizes[rate], rate=rate)
                 for rate in slow
             ))
             window = harness.cpu_window(daemon)
             async with harness.profile(daemon, "rate2000"):
                 window.start()
-                await run_to_end(api, gateway, "rate2000", expected=sizes[2000], rate=2000)
+                reports.append(await run_to_end(api, gateway, "rate2000",
+                                                expected=sizes[2000], rate=2000))
                 window.stop()
         arrivals = await gateway.arrivals()
         profiles = {
@@ -63,11 +64,12 @@ async def bench(options: Options) -> dict[str, Any]:
         baseline_result["profile"] = rate_profile(baseline_arrivals.mono, 2000)
         duplicates = arrivals.duplicates()
 
-    cpu = window.per_thousand(sizes[2000])
+    cpu = window.per_thousand(profiles["2000"]["messages"])
     baseline_cpu = baseline_result["cpu_s_per_1000"]
     result: dict[str, Any] = {
         **harness.describe(),
         "rates": profiles,
+        "all_finished": all(report["finished"] for report in reports),
         "duplicates": duplicates,
         "cpu_s_per_1000_at_2000": cpu,
         "baseline_cpu_s_per_1000_at_2000": baseline_cpu,

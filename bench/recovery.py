@@ -30,7 +30,9 @@ async def bench(options: Options) -> dict[str, Any]:
     count, kill_after = SMOKE if options.smoke else FULL
     async with Harness("recovery", smoke=options.smoke,
                        database_url=options.database_url) as harness:
-        daemon = await harness.start_daemon(concurrency=CONCURRENCY)
+        # Smoke mode only checks that the bench works: a short lease spares it the wait.
+        extra = '[engine]\nlease_ttl = "2s"\n' if options.smoke else ""
+        daemon = await harness.start_daemon(extra, concurrency=CONCURRENCY)
         gateway = harness.gateway
         async with daemon.api() as api:
             await api.require("/v1/campaigns")
@@ -50,6 +52,7 @@ async def bench(options: Options) -> dict[str, Any]:
         async with daemon.api() as api:
             report = await api.wait_run(accepted["run_id"], within=count / RATE + 60)
         arrivals = await gateway.arrivals()
+        started = [e for e in daemon.events("worker.started") if e.get("campaign_id") == "crash"]
 
     check_sent(report, count)
     keys = [key for key in arrivals.key if key is not None]
@@ -62,7 +65,10 @@ async def bench(options: Options) -> dict[str, Any]:
         "ready_to_first_send_s": round(resumed_at - ready_at, 3),
         "kill_to_first_send_s": round(resumed_at - killed_at, 3),
         "duplicates": len(keys) - distinct,
-        "duplicate_bound": CONCURRENCY,
+        # SPEC §3.4's bound: the calls in flight (the provider's concurrency).
+        "duplicate_bound_calls_in_flight": CONCURRENCY,
+        # The engine's own bound: recipients claimed but not yet recorded (its window).
+        "claim_window": started[0].get("window") if started else None,
         "lost": count - distinct,
         "run_counts": report["counts"],
     }
@@ -70,8 +76,8 @@ async def bench(options: Options) -> dict[str, Any]:
         f"killed after {before} of {count} messages; ready {result['restart_to_ready_s']} s "
         f"after restart, first send {result['ready_to_first_send_s']} s after ready "
         f"(goal < 2 s), {result['kill_to_first_send_s']} s after the kill",
-        f"duplicates {result['duplicates']} (bound {CONCURRENCY}: calls in flight), "
-        f"lost {result['lost']}",
+        f"duplicates {result['duplicates']} (SPEC bound: {CONCURRENCY} calls in flight; "
+        f"the engine's claim window: {result['claim_window']}), lost {result['lost']}",
     ]
     return result
 

@@ -49,7 +49,8 @@ async def _set_up(api: Api, prefix: str, starts: list[float]) -> dict[str, float
             await api.create_campaign(name, start_at=_iso(start))
             answer = await api.trigger(name, {
                 "context": {"promo": "S"},
-                "recipients": [{"profile_id": name, "email": f"{name}@example.test"}],
+                "recipients": [{"profile_id": name, "email": f"{name}@example.test",
+                                "attributes": {"first_name": "Sam"}}],
             })
             when = datetime.datetime.fromisoformat(answer["scheduled_for"]).timestamp()
             scheduled[answer["run_id"]] = when
@@ -85,9 +86,10 @@ async def bench(options: Options) -> dict[str, Any]:
                     runs, within=max(0.0, window_start + span - time.time()) + 60.0,
                     what="start precision",
                 )
-            except BenchError:
-                if await gateway.count() == 0:
-                    raise  # nothing sent at all; otherwise the missing runs are reported
+            except BenchError as exc:
+                if await gateway.count() == 0:  # else the missing runs are reported
+                    some_run = await api.run(next(iter(scheduled)))
+                    raise BenchError(f"{exc}; a run's report: {some_run}") from None
         arrivals = await gateway.arrivals()
 
     first: dict[str, float] = {}
