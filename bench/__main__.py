@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from bench.runner import EXIT_MISSING, machine
+from bench.runner import EXIT_MISSING, code_version, machine
 
 BENCHES = ["rate", "throughput", "concurrent", "ingest", "start", "size", "recovery"]
 FULL_BUDGET_S = 600
@@ -90,6 +90,7 @@ def main() -> None:
         "mode": "smoke" if args.smoke else "full",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "code": code_version(),
         "ok": not failed,
         "failed": failed,
         "skipped": skipped,

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -32,6 +33,19 @@ class Options:
 
 
 BenchFunction = Callable[[Options], Coroutine[Any, Any, dict[str, Any]]]
+
+
+def code_version() -> str | None:
+    """The commit measured (`git describe`, `-dirty` with local changes), or BENCH_COMMIT
+    when running from an exported copy without .git."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+            check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        described = ""
+    return described or os.environ.get("BENCH_COMMIT")
 
 
 def machine() -> dict[str, Any]:
@@ -82,6 +96,7 @@ def main(name: str, bench: BenchFunction, description: str) -> None:
         "mode": "smoke" if options.smoke else "full",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "code": code_version(),
     }
     background = background_busy_cores(0.25 if options.smoke else 1.0)
     document["background_busy_cores"] = background
