@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from daemon.api.fields import EMAIL_PATTERN, MAX_OBJECT_BYTES, PHONE_PATTERN
-from daemon.api.schemas import ProfileLine
+from daemon.api.people_schemas import ProfileLine
 from daemon.api.validation import decode_storable, field_errors
 from daemon.errors import Problem
 from daemon.models import ID_PATTERN

@@ -11,8 +11,8 @@ from daemon.api import bulk, campaign_rules
 from daemon.api.auth import requires
 from daemon.api.context import context
 from daemon.api.operations import Operation, Reply, json_answer, register
+from daemon.api.people_schemas import Audience, AudienceBody, MembersResult
 from daemon.api.problems import problem
-from daemon.api.schemas import Audience, AudienceBody, MembersResult
 from daemon.api.validation import parse, read_body
 from daemon.api.views import audience_view
 from daemon.imports import LineError

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from daemon import __version__
-from daemon.api import schemas
+from daemon.api import people_schemas, schemas
 from daemon.api.operations import OPERATIONS, Operation, Reply, json_answer
 from daemon.api.problems import PROBLEM_CONTENT_TYPE
 from daemon.models import ID_PATTERN
@@ -40,8 +40,8 @@ _PATH_PATTERNS = {"id": ID_PATTERN, "profile_id": ID_PATTERN}
 _RUN_ID_PATTERN = r"^run_[0-9A-Za-z]{1,64}$"
 # Models every document carries, besides those operations name.
 _EXTRA_MODELS: list[type[BaseModel]] = [
-    schemas.EmailContent, schemas.SmsContent, schemas.PushContent, schemas.ProfileLine,
-    schemas.MemberLine,
+    schemas.EmailContent, schemas.SmsContent, schemas.PushContent, people_schemas.ProfileLine,
+    people_schemas.MemberLine,
 ]
 
 

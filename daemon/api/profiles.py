@@ -10,8 +10,8 @@ from daemon.api import bulk, campaign_rules
 from daemon.api.auth import requires
 from daemon.api.context import context
 from daemon.api.operations import Operation, Reply, json_answer, register
+from daemon.api.people_schemas import ImportQuery, ImportResult, Profile, ProfileBody
 from daemon.api.problems import problem
-from daemon.api.schemas import ImportQuery, ImportResult, Profile, ProfileBody
 from daemon.api.validation import invalid, parse, parse_query, read_body
 from daemon.api.views import profile_view
 from daemon.errors import FieldError
