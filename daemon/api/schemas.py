@@ -238,7 +238,7 @@ class TriggerBody(RequestModel):
     context: JsonObject | None = Field(default=None, description="Seen by templates as `context`.")
     audience: Id | None = None
     recipients: list[InlineRecipient] | None = Field(
-        default=None, max_length=1_000_000,
+        default=None, min_length=1, max_length=1_000_000,
         description="At most `limits.max_inline_recipients` (10,000 by default).",
     )
 

@@ -1,12 +1,10 @@
 """`POST /v1/campaigns/{id}/triggers`: the trigger, the hot path.
 
-One transaction, four round trips: lock the campaign row FOR SHARE (with any run
-already made under the idempotency key), insert the run and NOTIFY the engine
-in one statement, COPY the inline recipients, commit. Concurrent triggers of a
-windowed campaign do not queue on the row; a one-shot campaign's single run is
-guaranteed by the unique index `runs_one_shot`, concurrent duplicates of an
-idempotent request by `runs_idempotency_key` (ON CONFLICT DO NOTHING waits for
-the other insert, then this request answers with that run).
+Validation in Python, then one SQL statement (one round trip, see `store.triggers`)
+that checks the campaign, creates the run with its inline recipients and notifies
+the engine. Only when it created nothing does the handler look at why: a replay
+of an idempotency key (the same run, or 422 for another body), the campaign's
+state (409), or its audience (422).
 """
 
 from __future__ import annotations
@@ -34,8 +32,9 @@ from daemon.errors import FieldError, Problem
 from daemon.ids import new_run_id
 from daemon.logs import get_logger
 from daemon.models import CampaignStatus, TokenScope
-from daemon.store import Record, runs
-from daemon.store.runs import NewRun, TriggerTarget
+from daemon.store import Record
+from daemon.store import triggers as store
+from daemon.store.triggers import NewRun, TriggerTarget
 
 log = get_logger(__name__)
 
@@ -134,22 +133,21 @@ def _audience(trigger: TriggerRequest, target: TriggerTarget) -> str | None:
     """The stored audience the run reads (None: inline recipients); 422 when there is none."""
     if trigger.recipients is not None:
         return None
-    audience = trigger.body.audience or target.audience_id
-    if audience is None:
+    if target.run_audience is None:
         raise invalid([FieldError("audience", "the campaign has no audience: "
                                   "give audience or recipients")])
     if not target.audience_exists:
-        raise invalid([FieldError("audience", f"no audience with id {audience!r}")])
-    return audience
+        raise invalid([FieldError("audience", f"no audience with id {target.run_audience!r}")])
+    return target.run_audience
 
 
-def _accepted(row: Record | dict[str, Any], campaign_id: str) -> dict[str, Any]:
-    run_id = row["run_id"]
+def _accepted(run_id: str, status: str, scheduled_for: datetime, campaign_id: str
+              ) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "campaign_id": campaign_id,
-        "status": row["run_status"],
-        "scheduled_for": iso(row["scheduled_for"]),
+        "status": status,
+        "scheduled_for": iso(scheduled_for),
         "links": {"run": f"/v1/runs/{run_id}"},
     }
 
@@ -158,46 +156,39 @@ def _replay(existing: Record, trigger: TriggerRequest) -> dict[str, Any]:
     if existing["request_hash"] != trigger.request_hash:
         raise problem(422, "idempotency_key_reused",
                       "this idempotency key was used with a different body")
-    return _accepted(existing, trigger.campaign_id)
+    return _accepted(existing["run_id"], existing["run_status"], existing["scheduled_for"],
+                     trigger.campaign_id)
 
 
 async def _create(ctx: AppContext, trigger: TriggerRequest) -> tuple[dict[str, Any], bool]:
     """The run for the trigger (created, or the one its key made): (answer, created)."""
     now = ctx.clock.now()
     key = trigger.idempotency_key
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        target = await runs.trigger_target(
-            conn, trigger.campaign_id, key, trigger.body.audience,
-            check_audience=trigger.recipients is None,
-        )
-        if target is None:
-            raise problem(404, detail="no campaign with this id")
-        if target.existing is not None:
-            return _replay(target.existing, trigger), False
-        refusal = _refusal(target, now)
-        if refusal is not None:
-            raise refusal
-        audience = _audience(trigger, target)
-        start_at = target.start_at
-        run = NewRun(
-            id=new_run_id(now), campaign_id=trigger.campaign_id, audience_id=audience,
-            inline_count=len(trigger.recipients or ()), context=trigger.body.context or {},
-            idempotency_key=key, request_hash=trigger.request_hash, created_at=now,
-            scheduled_for=max(now, start_at) if start_at else now,
-            rate_per_second=target.rate_per_second, one_shot=target.end_at is None,
-        )
-        if await runs.insert_run(conn, run):
-            if trigger.recipients:
-                await runs.insert_inline_recipients(conn, run.id, [
-                    (r["profile_id"], {k: v for k, v in r.items() if k != "profile_id"})
-                    for r in trigger.recipients
-                ])
-            answer = {"run_id": run.id, "run_status": "scheduled",
-                      "scheduled_for": run.scheduled_for}
-            return _accepted(answer, trigger.campaign_id), True
-    # A unique constraint held another run: the same key (a concurrent duplicate) or the
-    # one-shot campaign's single run.
-    existing = await runs.keyed_run(ctx.pool, trigger.campaign_id, key) if key else None
+    recipients = None if trigger.recipients is None else [
+        (r["profile_id"], {k: v for k, v in r.items() if k != "profile_id"})
+        for r in trigger.recipients
+    ]
+    run = NewRun(
+        id=new_run_id(now), campaign_id=trigger.campaign_id, audience=trigger.body.audience,
+        recipients=recipients, context=trigger.body.context or {}, idempotency_key=key,
+        request_hash=trigger.request_hash, now=now,
+    )
+    created = await store.create_run(ctx.pool, run)
+    if created is None:
+        raise problem(404, detail="no campaign with this id")
+    if created.run_id is not None and created.scheduled_for is not None:
+        return _accepted(created.run_id, "scheduled", created.scheduled_for,
+                         trigger.campaign_id), True
+    target = created.target
+    if target.existing is not None:
+        return _replay(target.existing, trigger), False
+    refusal = _refusal(target, now)
+    if refusal is not None:
+        raise refusal
+    _audience(trigger, target)
+    # The campaign took the trigger, but a unique constraint held another run: a concurrent
+    # duplicate of this key, or the one-shot campaign's single run.
+    existing = await store.keyed_run(ctx.pool, trigger.campaign_id, key) if key else None
     if existing is not None:
         return _replay(existing, trigger), False
     raise problem(409, "campaign_already_triggered",
@@ -207,10 +198,8 @@ async def _create(ctx: AppContext, trigger: TriggerRequest) -> tuple[dict[str, A
 async def _preview(ctx: AppContext, trigger: TriggerRequest) -> dict[str, Any]:
     """Validate like a real trigger (reading, locking nothing), then preview."""
     now = ctx.clock.now()
-    target = await runs.trigger_target(
-        ctx.pool, trigger.campaign_id, None, trigger.body.audience,
-        check_audience=trigger.recipients is None, lock=False,
-    )
+    target = await store.target(ctx.pool, trigger.campaign_id, trigger.body.audience,
+                                trigger.recipients is not None)
     if target is None:
         raise problem(404, detail="no campaign with this id")
     refusal = _refusal(target, now)

@@ -1,0 +1,151 @@
+"""The trigger in SQL: one statement checks the campaign, inserts the run and its inline
+recipients, and NOTIFYs the engine.
+
+In one statement (autocommit: one round trip), the campaign row is read FOR SHARE
+(concurrent triggers proceed; stop and completion wait for them), the run is
+inserted only if the campaign takes it, with ON CONFLICT DO NOTHING: the unique
+index `runs_one_shot` keeps a one-shot campaign to one run, `runs_idempotency_key`
+a key to one run, whatever the concurrency (a conflicting insert waits for the
+other to settle, then does nothing). When nothing was inserted, the caller reads
+why from what the statement saw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from daemon.models import CampaignStatus, RunId
+from daemon.store import Executor, Record
+
+RUNS_CHANNEL = "campaignd_runs"
+
+# $1 campaign id, $2 idempotency key, $3 requested audience, $4 inline recipients given
+_TARGET = """
+    SELECT c.id, c.status, c.start_at, c.end_at, c.rate_per_second, c.audience_id,
+           CASE WHEN NOT $4 THEN coalesce($3, c.audience_id) END AS run_audience,
+           CASE WHEN NOT $4 THEN EXISTS (SELECT 1 FROM audiences a
+                                         WHERE a.id = coalesce($3, c.audience_id))
+           END AS audience_exists,
+           EXISTS (SELECT 1 FROM runs o WHERE o.campaign_id = c.id AND o.one_shot)
+               AS one_shot_taken,
+           r.id AS run_id, r.request_hash, r.status AS run_status, r.scheduled_for
+    FROM campaigns c
+    LEFT JOIN runs r ON r.campaign_id = c.id AND r.idempotency_key = $2
+    WHERE c.id = $1
+"""
+
+_CREATE = f"""
+    WITH target AS ({_TARGET} FOR SHARE OF c),
+    inserted AS (
+        INSERT INTO runs (id, campaign_id, status, audience_id, inline_count, context,
+                          idempotency_key, request_hash, created_at, scheduled_for,
+                          rate_per_second, one_shot)
+        SELECT $5, t.id, 'scheduled', t.run_audience, cardinality($9::text[]), $6, $2, $7,
+               $8::timestamptz, greatest($8::timestamptz, t.start_at), t.rate_per_second,
+               t.end_at IS NULL
+        FROM target t
+        WHERE t.status = 'live'
+          AND (t.end_at IS NULL OR $8::timestamptz < t.end_at)
+          AND NOT (t.end_at IS NULL AND t.one_shot_taken)
+          AND t.run_id IS NULL
+          AND ($4 OR (t.run_audience IS NOT NULL AND t.audience_exists))
+        ON CONFLICT DO NOTHING
+        RETURNING id, scheduled_for
+    ),
+    inline AS (
+        INSERT INTO run_inline_recipients (run_id, position, profile_id, data)
+        SELECT i.id, u.ord - 1, u.profile_id, u.data::jsonb
+        FROM inserted i,
+             unnest($9::text[], $10::text[]) WITH ORDINALITY AS u(profile_id, data, ord)
+    )
+    SELECT t.*, i.id AS inserted_id, i.scheduled_for AS inserted_scheduled_for,
+           (SELECT count(pg_notify('{RUNS_CHANNEL}', x.id)::text) FROM inserted x) AS notified
+    FROM target t LEFT JOIN inserted i ON true
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerTarget:
+    """The campaign a trigger names, as the trigger saw it, and any run already made with
+    the trigger's idempotency key."""
+
+    status: CampaignStatus
+    start_at: datetime | None
+    end_at: datetime | None
+    audience_id: str | None  # the campaign's default audience
+    run_audience: str | None  # the audience the run would read (None: inline recipients)
+    audience_exists: bool | None  # None: not asked (inline recipients)
+    one_shot_taken: bool  # the campaign has its one-shot run already
+    existing: Record | None  # (run_id, request_hash, run_status, scheduled_for) of the keyed run
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    id: RunId
+    campaign_id: str
+    audience: str | None  # requested in the body (None: the campaign's, or inline)
+    recipients: Sequence[tuple[str, dict[str, Any]]] | None  # inline (profile_id, data)
+    context: dict[str, Any]
+    idempotency_key: str | None
+    request_hash: str
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What the statement did: the run it made (id, scheduled_for), or nothing and why
+    it could not (read from `target`)."""
+
+    target: TriggerTarget
+    run_id: str | None
+    scheduled_for: datetime | None
+
+
+def _target(row: Record) -> TriggerTarget:
+    return TriggerTarget(
+        status=CampaignStatus(row["status"]), start_at=row["start_at"], end_at=row["end_at"],
+        audience_id=row["audience_id"], run_audience=row["run_audience"],
+        audience_exists=row["audience_exists"], one_shot_taken=row["one_shot_taken"],
+        existing=row if row["run_id"] is not None else None,
+    )
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+async def create_run(db: Executor, run: NewRun) -> Created | None:
+    """Create the run if the campaign takes it (None: no such campaign)."""
+    recipients = run.recipients or ()
+    row = await db.fetchrow(
+        _CREATE,
+        run.campaign_id, run.idempotency_key, run.audience, run.recipients is not None,
+        run.id, run.context, run.request_hash, run.now,
+        [profile_id for profile_id, _ in recipients], [_ENCODE(data) for _, data in recipients],
+    )
+    if row is None:
+        return None
+    return Created(_target(row), row["inserted_id"], row["inserted_scheduled_for"])
+
+
+async def target(
+    db: Executor, campaign_id: str, audience: str | None, inline: bool
+) -> TriggerTarget | None:
+    """The campaign as a trigger would see it, without locking or writing (dry runs)."""
+    row = await db.fetchrow(_TARGET, campaign_id, None, audience, inline)
+    return _target(row) if row else None
+
+
+async def keyed_run(db: Executor, campaign_id: str, idempotency_key: str) -> Record | None:
+    """(run_id, request_hash, run_status, scheduled_for) of the run made with this key."""
+    row: Record | None = await db.fetchrow(
+        """
+        SELECT id AS run_id, request_hash, status AS run_status, scheduled_for
+        FROM runs WHERE campaign_id = $1 AND idempotency_key = $2
+        """,
+        campaign_id, idempotency_key,
+    )
+    return row
