@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 from daemon import unsubscribe
 from daemon.config import Config
 from daemon.delivery import DeliverySettings
-from daemon.execution import DB_ERRORS
 from daemon.fanout import CampaignWorker, ProviderSource, WorkerServices
 from daemon.logs import get_logger
 from daemon.ratelimit import Pacer, ProviderGates
+from daemon.report import DB_ERRORS, raise_if_cancelling
 from daemon.scheduler import Scheduler
 from daemon.store import engine as engine_store
 from daemon.store import leases
@@ -228,6 +228,7 @@ class Engine:
             self._workers[campaign_id] = worker
             await worker.run(self._stop, lambda: self._grace, self._force)
         except DB_ERRORS as exc:
+            raise_if_cancelling(exc)
             log.warning("engine.database_error", action="worker", campaign_id=campaign_id,
                         error=str(exc))
         finally:
@@ -265,6 +266,7 @@ class Engine:
             try:
                 kept = await leases.renew(self.ctx.pool, self.holder, list(held), self.lease_ttl)
             except DB_ERRORS as exc:
+                raise_if_cancelling(exc)
                 log.warning("lease.renew_failed", campaigns=len(held), error=str(exc))
                 continue
             for campaign_id, lease in held.items():

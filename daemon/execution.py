@@ -19,13 +19,12 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-import asyncpg
-
 from daemon import planner
 from daemon.delivery import RENDER_ERROR, RunExecution, RunState
 from daemon.errors import ProviderError
 from daemon.logs import get_logger
 from daemon.models import ExclusionReason, RunStatus
+from daemon.report import DB_ERRORS, raise_if_cancelling
 from daemon.store import engine as engine_store
 from daemon.store import profiles_tokens
 from daemon.store import recipients as recipient_store
@@ -42,7 +41,6 @@ CONTROL_TICK = 0.5  # cancel requests and new runs are polled at least this ofte
 PROGRESS_EVERY = 10.0  # run.progress period
 IDLE_EXIT = 2.0  # a worker with nothing to do for this long ends (and frees its lease)
 DB_RETRY_MAX = 5.0
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 class Lease(Protocol):
@@ -110,6 +108,7 @@ class CampaignRuns:
                 await action()
                 return
             except DB_ERRORS as exc:
+                raise_if_cancelling(exc)
                 self.log.warning("engine.database_error", action=what, error=str(exc),
                                  retry_in=round(delay, 2))
             await self.clock.sleep(delay)
@@ -150,6 +149,7 @@ class CampaignRuns:
         try:
             removed = await profiles_tokens.remove_push_tokens(self.services.pool, batch)
         except DB_ERRORS as exc:
+            raise_if_cancelling(exc)
             self._dead_tokens.extend(batch)  # next time
             self.log.warning("engine.database_error", action="remove_push_tokens",
                              error=str(exc))

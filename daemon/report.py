@@ -29,6 +29,15 @@ log = get_logger(__name__)
 
 RETRY_FIRST = 0.1
 RETRY_MAX = 5.0
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+def raise_if_cancelling(exc: BaseException) -> None:
+    """Re-raise a cancellation that a driver turned into another error (asyncpg may answer a
+    cancelled acquire with "pool is closed"): a retry loop must not swallow its own stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +201,8 @@ class Recorder:
                     self._on_flushed(task.result())
                     del self._buffer[: len(batch)]
                 raise
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except DB_ERRORS as exc:
+                raise_if_cancelling(exc)
                 self._log.warning("outcomes.write_failed", error=str(exc), batch=len(batch),
                                   retry_in=round(delay, 2))
                 await self._clock.sleep(delay)

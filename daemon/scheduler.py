@@ -17,8 +17,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from daemon.clock import Clock
-from daemon.execution import DB_ERRORS, PREPARE_AHEAD
+from daemon.execution import PREPARE_AHEAD
 from daemon.logs import get_logger
+from daemon.report import DB_ERRORS, raise_if_cancelling
 from daemon.store import Pool
 from daemon.store import engine as engine_store
 
@@ -58,6 +59,7 @@ class Scheduler:
                 wake_at = await self.scan()
                 delay = 0.1
             except DB_ERRORS as exc:
+                raise_if_cancelling(exc)
                 log.warning("scheduler.database_error", error=str(exc), retry_in=delay)
                 wake_at = self._clock.now() + timedelta(seconds=delay)
                 delay = min(delay * 2, 5.0)

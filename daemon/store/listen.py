@@ -46,6 +46,9 @@ class Listener:
             try:
                 await self._session()
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # a stop, not a lost link
+                    raise asyncio.CancelledError from exc
                 log.warning("listener.disconnected", error=str(exc), retry_in=round(delay, 2))
             await self._clock.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
@@ -66,7 +69,8 @@ class Listener:
                     await self._clock.sleep(HEALTH_CHECK_EVERY)
                     await connection.execute("SELECT 1")  # raises when the link is gone
             finally:
-                connection.remove_termination_listener(terminated)
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    connection.remove_termination_listener(terminated)
                 if not connection.is_closed():
                     with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError,
                                              OSError):

@@ -112,8 +112,10 @@ async def start_engine(pool: Pool) -> AsyncIterator[EngineFactory]:
     """Start engines on the test database (several for scale-out tests); stopped at the end."""
     handles: list[EngineHandle] = []
 
-    async def factory(config: Config, *, holder: str | None = None) -> EngineHandle:
-        ctx = AppContext(config=config, pool=pool, clock=SystemClock(), metrics=Metrics())
+    async def factory(config: Config, *, holder: str | None = None,
+                      on_pool: Pool | None = None) -> EngineHandle:
+        ctx = AppContext(config=config, pool=on_pool or pool, clock=SystemClock(),
+                         metrics=Metrics())
         registry = ProviderRegistry(config)
         await registry.start()
         engine = Engine(ctx, providers=registry, holder=holder)
@@ -125,7 +127,8 @@ async def start_engine(pool: Pool) -> AsyncIterator[EngineFactory]:
     yield factory
     for handle in handles:
         if handle.engine._main is not None and not handle.engine._main.done():
-            await handle.stop()
+            async with asyncio.timeout(30):
+                await handle.stop()
 
 
 # -- data made in SQL (what the API would write) ---------------------------------------------
