@@ -247,7 +247,8 @@ class _BulkParser:
                 self.tally.refuse(number, f"{reason.loc}: {reason.msg}" if reason and reason.loc
                                   else reason.msg if reason else exc.detail or "invalid JSON")
                 continue
-            row = self.json_row(number, value)
+            # A line within the object limit cannot hold a larger object: no need to measure.
+            row = self.json_row(number, value, len(text) <= MAX_OBJECT_BYTES)
             if row is not None:
                 rows.append(row)
         return rows
@@ -258,7 +259,7 @@ class _BulkParser:
     def csv_row(self, number: int, cells: list[str]) -> Any:
         raise NotImplementedError
 
-    def json_row(self, number: int, value: Any) -> Any:
+    def json_row(self, number: int, value: Any, small: bool) -> Any:
         raise NotImplementedError
 
 
@@ -305,9 +306,9 @@ class ProfileRows(_BulkParser):
         return (number, profile_id, email or None, phone or None, [token] if token else None,
                 encoded, None, None, None, given)
 
-    def json_row(self, number: int, value: Any) -> ProfileRow | None:
+    def json_row(self, number: int, value: Any, small: bool) -> ProfileRow | None:
         try:
-            line = ProfileLine.model_validate(value)
+            line = ProfileLine.model_validate(value, context={"small_body": small})
         except ValidationError as exc:
             first = field_errors(exc)[0]
             self.tally.refuse(number, f"{first.loc}: {first.msg}" if first.loc else first.msg)
@@ -342,7 +343,7 @@ class MemberRows(_BulkParser):
     def csv_row(self, number: int, cells: list[str]) -> tuple[int, str] | None:
         return self._member(number, cells[self._column])
 
-    def json_row(self, number: int, value: Any) -> tuple[int, str] | None:
+    def json_row(self, number: int, value: Any, small: bool) -> tuple[int, str] | None:
         if not isinstance(value, dict) or set(value) != {"profile_id"}:
             self.tally.refuse(number, 'expected {"profile_id": "..."}')
             return None

@@ -23,6 +23,7 @@ from daemon.api import campaign_rules, signatures
 from daemon.api.auth import authenticate, check_scope
 from daemon.api.bodies import JSON_TYPES, read_limited, require_content_type
 from daemon.api.context import AppContext, context
+from daemon.api.fields import MAX_OBJECT_BYTES
 from daemon.api.operations import HeaderParam, Operation, Reply, register
 from daemon.api.problems import problem
 from daemon.api.schemas import TriggerAccepted, TriggerBody, TriggerPreview, TriggerQuery
@@ -102,7 +103,8 @@ async def _read(request: web.Request) -> TriggerRequest:
         raw = await read_limited(request, ctx.config.server.max_trigger_bytes)
     key = await _authenticate(request, raw) if signed else _idempotency_key(request)
     data = decode_storable(raw) if raw.strip() else {}
-    body = parse(TriggerBody, data, context=campaign_rules.limits(ctx), checked=True)
+    limits = {**campaign_rules.limits(ctx), "small_body": len(raw) <= MAX_OBJECT_BYTES}
+    body = parse(TriggerBody, data, context=limits, checked=True)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return TriggerRequest(
         campaign_id=campaign_id,

@@ -70,15 +70,37 @@ async def read_body(request: web.Request, max_bytes: int, *, allow_empty: bool =
     return decode_storable(raw)
 
 
+# The one way to spell NUL or a UTF-16 half in valid UTF-8 JSON is an escape: \u0000,
+# \ud800...\udfff (a surrogate pair, as `ensure_ascii` encoders write emoji, matches
+# too: the walk then finds the pair whole and lets it pass).
+_RISKY_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
 def decode_storable(raw: bytes) -> Any:
-    """`decode_json`, then a 422 if a value cannot be stored. The walk is needed only when
-    the text has a `\\u` escape (the one way to spell NUL or a lone surrogate in valid
-    UTF-8 JSON) or enough brackets to nest deeper than MAX_DEPTH; non-finite numbers are
-    refused while decoding."""
+    """`decode_json`, then a 422 if a value cannot be stored (non-finite numbers are refused
+    while decoding). Cheap for the usual body: the full walk runs only when the text has a
+    risky escape, the depth walk (containers only) only when it has over MAX_DEPTH brackets."""
     value = decode_json(raw)
-    if b"\\u" in raw or raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
+    if _RISKY_ESCAPE.search(raw) or (
+        raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _too_deep(value)
+    ):
         check_storable(value)
     return value
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether containers nest deeper than MAX_DEPTH (scalars are not looked at)."""
+    if type(value) is not dict and type(value) is not list:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            return True
+        children = item.values() if type(item) is dict else item
+        stack.extend((child, depth + 1) for child in children
+                     if type(child) is dict or type(child) is list)
+    return False
 
 
 def storable_errors(value: Any, root: str = "") -> list[FieldError]:

@@ -49,3 +49,15 @@ def test_foreign_cursors_are_422_or_decoded_safely(cursor: str) -> None:
         decode_cursor(cursor)
     except Problem as exc:
         assert exc.status == 422
+
+
+def test_an_emoji_escaped_as_a_surrogate_pair_is_fine() -> None:
+    assert decode_storable(b'{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}
+
+
+def test_deep_nesting_hidden_among_many_brackets_is_found() -> None:
+    wide = b'{"many": [' + b",".join([b"[]"] * 100) + b'], "deep": ' + b"[" * 70 + b"]" * 70 + b"}"
+    with pytest.raises(Problem) as info:
+        decode_storable(wide)
+    assert info.value.errors[0].loc.startswith("deep")
+    decode_storable(b'{"many": [' + b",".join([b"[]"] * 100) + b"]}")
