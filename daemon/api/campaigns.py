@@ -11,7 +11,6 @@ Lifecycle refusals (all problem+json):
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -29,15 +28,13 @@ from daemon.api.schemas import (
     CampaignPatch,
 )
 from daemon.api.validation import (
-    decode_cursor,
     encode_cursor,
-    invalid,
     parse,
     parse_query,
     read_body,
+    time_cursor,
 )
 from daemon.api.views import campaign_view, iso
-from daemon.errors import FieldError
 from daemon.ids import new_campaign_id
 from daemon.logs import get_logger
 from daemon.models import CampaignStatus, TokenScope
@@ -84,7 +81,7 @@ async def create(request: web.Request) -> web.Response:
 async def list_campaigns(request: web.Request) -> web.Response:
     ctx = context(request)
     query = parse_query(CampaignListQuery, request)
-    after = _decode_after(query.cursor) if query.cursor else None
+    after = time_cursor(query.cursor) if query.cursor else None
     records = await campaigns.list_page(ctx.pool, query.status, after, query.limit + 1)
     page = records[: query.limit]
     next_cursor = None
@@ -92,15 +89,6 @@ async def list_campaigns(request: web.Request) -> web.Response:
         last = page[-1]
         next_cursor = encode_cursor([iso(last.created_at), last.id])
     return json_answer({"items": [campaign_view(r) for r in page], "next_cursor": next_cursor})
-
-
-def _decode_after(cursor: str) -> tuple[datetime, str]:
-    position = decode_cursor(cursor)
-    try:
-        created, last_id = position
-        return datetime.fromisoformat(created), str(last_id)
-    except (TypeError, ValueError):
-        raise invalid([FieldError("query.cursor", "not a cursor this server returned")]) from None
 
 
 @requires(TokenScope.ADMIN)

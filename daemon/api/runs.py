@@ -9,7 +9,6 @@ completed or failed one 409 `run_finished`.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 
 from aiohttp import web
 
@@ -26,9 +25,8 @@ from daemon.api.schemas import (
     RunPage,
     RunReport,
 )
-from daemon.api.validation import decode_cursor, encode_cursor, invalid, parse_query
+from daemon.api.validation import encode_cursor, parse_query, position_cursor, time_cursor
 from daemon.api.views import counts_view, iso, recipient_view, run_view
-from daemon.errors import FieldError
 from daemon.logs import get_logger
 from daemon.models import RunStatus, TokenScope
 from daemon.store import campaigns, runs
@@ -71,15 +69,6 @@ async def cancel(request: web.Request) -> web.Response:
     return json_answer(run_view(row), 202 if status is RunStatus.RUNNING else 200)
 
 
-def _position(cursor: str | None) -> int:
-    if cursor is None:
-        return -1
-    value = decode_cursor(cursor)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise invalid([FieldError("query.cursor", "not a cursor this server returned")])
-    return value
-
-
 @requires(TokenScope.TRIGGER)
 async def recipients(request: web.Request) -> web.Response:
     ctx = context(request)
@@ -89,7 +78,7 @@ async def recipients(request: web.Request) -> web.Response:
         raise problem(404, detail="no run with this id")
     status = query.status.value if query.status else None
     rows = await runs.recipients(
-        ctx.pool, run_id, status, query.reason, _position(query.cursor), query.limit + 1
+        ctx.pool, run_id, status, query.reason, position_cursor(query.cursor), query.limit + 1
     )
     page = rows[: query.limit]
     more = len(rows) > query.limit
@@ -99,21 +88,11 @@ async def recipients(request: web.Request) -> web.Response:
     })
 
 
-def _before(cursor: str | None) -> tuple[datetime, str] | None:
-    if cursor is None:
-        return None
-    value = decode_cursor(cursor)
-    try:
-        created, run_id = value
-        return datetime.fromisoformat(created), str(run_id)
-    except (TypeError, ValueError):
-        raise invalid([FieldError("query.cursor", "not a cursor this server returned")]) from None
-
-
 async def _runs_page(
     request: web.Request, identifier: str, cursor: str | None, limit: int
 ) -> tuple[list[dict[str, object]], str | None]:
-    rows = await runs.campaign_runs(context(request).pool, identifier, _before(cursor), limit + 1)
+    before = time_cursor(cursor) if cursor else None
+    rows = await runs.campaign_runs(context(request).pool, identifier, before, limit + 1)
     page = rows[:limit]
     next_cursor = None
     if len(rows) > limit:

@@ -14,6 +14,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -210,3 +211,32 @@ def decode_cursor(cursor: str) -> Any:
         return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
     except (ValueError, binascii.Error, UnicodeError, RecursionError):
         raise invalid([FieldError("query.cursor", "not a cursor this server returned")]) from None
+
+
+def _foreign_cursor() -> Problem:
+    return invalid([FieldError("query.cursor", "not a cursor this server returned")])
+
+
+def time_cursor(cursor: str) -> tuple[datetime, str]:
+    """A (created_at, id) cursor: `[RFC 3339 with offset, id]`."""
+    position = decode_cursor(cursor)
+    if (not isinstance(position, list) or len(position) != 2
+            or not all(isinstance(part, str) for part in position)):
+        raise _foreign_cursor()
+    try:
+        moment = datetime.fromisoformat(position[0])
+        if moment.tzinfo is None:
+            raise ValueError("naive")
+        return moment.astimezone(UTC), position[1]
+    except (ValueError, OverflowError):
+        raise _foreign_cursor() from None
+
+
+def position_cursor(cursor: str | None) -> int:
+    """A position cursor (-1: from the start)."""
+    if cursor is None:
+        return -1
+    value = decode_cursor(cursor)
+    if type(value) is not int or not -1 <= value < 2**63:
+        raise _foreign_cursor()
+    return value

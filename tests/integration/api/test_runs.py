@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from daemon.api.validation import encode_cursor
 from tests.integration.api.conftest import Api
 
 ZERO = {"targeted": 0, "sent": 0, "failed": 0, "pending": 0,
@@ -163,3 +164,18 @@ async def test_campaign_runs_and_report(api: Api) -> None:
     await api.json("GET", "/v1/campaigns/nope/report", 404)
     await api.json("GET", "/v1/campaigns/nope/runs", 404)
     await api.json("GET", "/v1/campaigns/spring-sale/report", 403, token="trigger")
+
+
+@pytest.mark.parametrize(
+    "position",
+    [["2026-01-01T00:00:00", "x"], ["9999-12-31T23:59:59+00:00", "x"],
+     ["0001-01-01T00:00:00+05:00", "x"], [None, None], ["2026-01-01T00:00:00Z", ["x"]],
+     2**70, -2**70, 1.5, True, {"a": 1}],
+)
+async def test_forged_cursors_are_422_never_500(api: Api, position: object) -> None:
+    run_id = await _triggered(api)
+    cursor = encode_cursor(position)
+    for path in ("/v1/campaigns", "/v1/campaigns/spring-sale/runs",
+                 f"/v1/runs/{run_id}/recipients"):
+        response = await api.get(f"{path}?cursor={cursor}")
+        assert response.status in (200, 422), (path, await response.text())
