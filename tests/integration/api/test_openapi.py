@@ -62,6 +62,8 @@ async def test_answers_conform_to_the_document(api: Api) -> None:
     _validator(document, "Campaign").validate(created)
     await api.json("POST", "/v1/campaigns/spring-sale/activate", 200)
     await api.audience("a", "p1")
+    preview = await api.json("POST", "/v1/campaigns/spring-sale/triggers?dry_run=true", 200)
+    _validator(document, "TriggerPreview").validate(preview)
     accepted = await api.json("POST", "/v1/campaigns/spring-sale/triggers", 202)
     _validator(document, "TriggerAccepted").validate(accepted)
     report = await api.json("GET", accepted["links"]["run"], 200)
@@ -74,6 +76,11 @@ async def test_answers_conform_to_the_document(api: Api) -> None:
     _validator(document, "Profile").validate(profile)
     audience = await api.json("GET", "/v1/audiences/a", 200)
     _validator(document, "Audience").validate(audience)
+    recipients = await api.json("GET", accepted["links"]["run"] + "/recipients", 200)
+    _validator(document, "RecipientPage").validate(recipients)
+    imported = await api.json("POST", "/v1/profiles/import", 200, data='{"id": "p2"}\nx\n',
+                              headers={"Content-Type": "application/x-ndjson"})
+    _validator(document, "ImportResult").validate(imported)
     problem = await api.json("GET", "/v1/campaigns/nope", 404)
     _validator(document, "ProblemBody").validate(problem)
 
