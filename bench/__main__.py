@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from bench.runner import EXIT_MISSING, code_version, machine
+from bench.runner import EXIT_MISSING, background_busy_cores, code_version, machine
 
 BENCHES = ["rate", "throughput", "concurrent", "ingest", "start", "size", "recovery"]
 FULL_BUDGET_S = 600
@@ -35,6 +35,18 @@ def median_of(values: list[Any]) -> Any:
     if all(isinstance(v, list) and len(v) == len(first) for v in values):
         return [median_of(list(items)) for items in zip(*values, strict=True)]
     return first
+
+
+def wait_quiet(cores: float, patience: float = 600.0) -> None:
+    """Return once the machine's busy cores (over 2 s) fall below `cores`, or after
+    `patience` seconds."""
+    began = time.monotonic()
+    while time.monotonic() - began < patience:
+        busy = background_busy_cores(2.0)
+        if busy < cores:
+            return
+        print(f"== waiting for a quiet machine: {busy} cores busy", file=sys.stderr, flush=True)
+        time.sleep(8.0)
 
 
 def run_one(name: str, smoke: bool, database_url: str | None) -> tuple[int, dict[str, Any]]:
@@ -59,6 +71,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per bench; medians")
     parser.add_argument("--only", default=None, help="comma-separated subset of the benches")
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--quiet-below", type=float, default=None, metavar="CORES",
+                        help="before each bench, wait (up to 10 min) until fewer than CORES "
+                             "cores are busy: on a shared box, measure in the quiet moments")
     args = parser.parse_args()
     if args.which == "list":
         print("\n".join(BENCHES))
@@ -74,6 +89,8 @@ def main() -> None:
         documents = []
         for attempt in range(args.repeat):
             print(f"== bench {name} ({attempt + 1}/{args.repeat})", file=sys.stderr, flush=True)
+            if args.quiet_below is not None:
+                wait_quiet(args.quiet_below)
             code, document = run_one(name, args.smoke, args.database_url)
             documents.append(document)
             if code == EXIT_MISSING and args.smoke:
