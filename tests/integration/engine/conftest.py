@@ -126,9 +126,10 @@ async def start_engine(pool: Pool) -> AsyncIterator[EngineFactory]:
 
     yield factory
     for handle in handles:
-        if handle.engine._main is not None and not handle.engine._main.done():
-            async with asyncio.timeout(30):
-                await handle.stop()
+        async with asyncio.timeout(30):
+            if handle.engine._main is not None and not handle.engine._main.done():
+                await handle.engine.stop(5.0, asyncio.Event())
+            await handle.registry.close()
 
 
 # -- data made in SQL (what the API would write) ---------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from daemon.store import Pool
 from tests.integration.engine.conftest import (
     EngineFactory,
     Gateway,
@@ -13,8 +14,6 @@ from tests.integration.engine.conftest import (
     trigger,
     wait_run_status,
 )
-
-from daemon.store import Pool
 
 
 async def test_an_unthrottled_run_sends_everyone_once_and_completes(

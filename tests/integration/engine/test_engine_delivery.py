@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 from structlog.testing import capture_logs
+
+from daemon.store import Pool
 from tests.integration.engine.conftest import (
     EngineFactory,
     Gateway,
@@ -20,8 +22,6 @@ from tests.integration.engine.conftest import (
     trigger,
     wait_run_status,
 )
-
-from daemon.store import Pool
 
 
 async def test_transient_errors_are_retried_with_the_same_key_until_sent(
@@ -96,7 +96,8 @@ async def test_a_429_with_retry_after_pauses_the_provider(
     times = [a.at for a in gateway.arrivals]
     assert len(times) == 9
     assert times[3] - times[2] >= 0.95  # nothing reached the provider during the pause
-    assert [e for e in logs if e["event"] == "provider.throttled"][0]["retry_after"] == 1.0
+    throttled = next(e for e in logs if e["event"] == "provider.throttled")
+    assert throttled["retry_after"] == 1.0
 
 
 async def test_a_render_error_fails_that_recipient_only(

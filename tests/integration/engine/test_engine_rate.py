@@ -20,6 +20,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+
+from daemon.ratelimit import Pacer
+from daemon.store import Pool
 from tests.integration.engine.conftest import (
     EngineFactory,
     add_profiles,
@@ -28,10 +31,7 @@ from tests.integration.engine.conftest import (
     trigger,
     wait_run_status,
 )
-from tests.integration.engine.rates import achieved_rate, max_in_window
-
-from daemon.ratelimit import Pacer
-from daemon.store import Pool
+from tests.unit.engine.rates import achieved_rate, max_in_window
 
 
 class RemoteGateway:

@@ -8,6 +8,10 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
+
+from daemon import planner
+from daemon.database import create_pool
+from daemon.store import Pool
 from tests.integration.engine.conftest import (
     EngineFactory,
     Gateway,
@@ -19,10 +23,6 @@ from tests.integration.engine.conftest import (
     trigger,
     wait_run_status,
 )
-
-from daemon import planner
-from daemon.database import create_pool
-from daemon.store import Pool
 
 
 @pytest.fixture

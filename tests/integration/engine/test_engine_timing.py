@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from daemon.store import Pool
 from tests.integration.engine.conftest import (
     EngineFactory,
     Gateway,
@@ -18,8 +19,6 @@ from tests.integration.engine.conftest import (
     trigger,
     wait_run_status,
 )
-
-from daemon.store import Pool
 
 
 async def test_a_run_scheduled_in_the_future_waits_and_starts_on_time(

@@ -19,8 +19,3 @@ def max_in_window(times: Sequence[float], width: float) -> int:
     for index, start in enumerate(ordered):
         best = max(best, bisect.bisect_left(ordered, start + width) - index)
     return best
-
-
-def min_gap(times: Sequence[float]) -> float:
-    ordered = sorted(times)
-    return min(b - a for a, b in zip(ordered, ordered[1:], strict=False))

@@ -1,0 +1,99 @@
+"""The pacer on virtual time: windows, start, accuracy, catch-up after a stall, fairness."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from daemon.ratelimit import Pacer, ProviderGate
+from tests.unit.engine.rates import achieved_rate, max_in_window
+from tests.unit.engine.virtual_loop import VirtualTimeLoop, run_virtual
+
+
+async def _slots(rate: float, count: int, consumers: int = 50,
+                 stall_at: set[int] | None = None, stall: float = 0.0) -> list[float]:
+    pacer = Pacer(rate)
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+    remaining = [count]
+
+    async def consumer() -> None:
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            await pacer.acquire()
+            times.append(loop.time())
+            if stall_at and len(times) in stall_at:
+                assert isinstance(loop, VirtualTimeLoop)
+                loop.advance(stall)  # the loop was blocked (a GC pass, a big write)
+
+    await asyncio.gather(*(consumer() for _ in range(consumers)))
+    return times
+
+
+@pytest.mark.parametrize("rate", [1, 40, 165, 500, 2000])
+def test_no_one_second_window_holds_more_than_the_rate(rate: int) -> None:
+    count = rate * 8 if rate > 1 else 12
+    times = run_virtual(_slots(rate, count), late_by=0.002)
+    assert max_in_window(times, 1.0) <= rate
+
+
+@pytest.mark.parametrize("rate", [1, 40, 165, 500, 2000])
+def test_the_achieved_rate_is_within_one_percent_under(rate: int) -> None:
+    count = rate * 8 if rate > 1 else 12
+    times = run_virtual(_slots(rate, count), late_by=0.001)
+    assert 0.99 <= achieved_rate(times) / rate <= 1.0
+
+
+@pytest.mark.parametrize("rate", [40, 500, 2000])
+def test_the_first_call_goes_at_once_and_no_burst_follows(rate: int) -> None:
+    async def scenario() -> tuple[float, list[float]]:
+        start = asyncio.get_running_loop().time()
+        return start, await _slots(rate, rate)
+
+    start, times = run_virtual(scenario())
+    assert times[0] - start < 0.001
+    first_100ms = sum(1 for t in times if t < start + 0.1)
+    assert first_100ms <= rate * 0.1 + 2  # not a bucket's worth at once
+
+
+def test_a_stall_is_caught_up_smoothly_and_within_the_windows() -> None:
+    rate = 1000
+    times = run_virtual(_slots(rate, rate * 5, stall_at={1500}, stall=0.15), late_by=0.001)
+    assert max_in_window(times, 1.0) <= rate
+    # What the stall held back goes out at ≤ 1.5 × the rate (in 10 ms grains), not at once.
+    assert max_in_window(times, 0.05) <= rate * 0.05 * 1.5 + rate * 0.015 + 1
+    assert achieved_rate(times) / rate >= 0.99  # 150 ms of calls were not lost
+
+
+def test_slots_are_granted_first_come_first_served() -> None:
+    async def scenario() -> list[str]:
+        pacer = Pacer(100)
+        order: list[str] = []
+
+        async def run(name: str) -> None:
+            for _ in range(5):
+                await pacer.acquire()
+                order.append(name)
+
+        await asyncio.gather(run("a"), run("b"))
+        return order
+
+    order = run_virtual(scenario())
+    assert order.count("a") == order.count("b") == 5
+    # Once both wait, they take turns (the very first turns go to whoever came first).
+    assert all(abs(order[:n].count("a") - order[:n].count("b")) <= 2 for n in range(11))
+    assert all(order[i] != order[i + 1] for i in range(2, len(order) - 2))
+
+
+def test_a_provider_pause_holds_calls_until_it_ends() -> None:
+    async def scenario() -> float:
+        gate = ProviderGate("hook", concurrency=2, rate=None)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert gate.pause(1.5)
+        assert not gate.pause(0.5)  # a shorter pause does not shorten it
+        await gate.wait_unpaused()
+        return loop.time() - start
+
+    assert run_virtual(scenario()) >= 1.5

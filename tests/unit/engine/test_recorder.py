@@ -1,0 +1,108 @@
+"""The outcome recorder: batches by size and by time (on the fake clock), retries a failed
+write with the batch kept, writes everything before it stops."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from daemon import report
+from daemon.clock import FakeClock
+from daemon.report import Flushed, Recorder
+from daemon.store.recipients import OutcomeRow
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def settle() -> None:
+    """Let the recorder's task and its waiters run (no real time passes)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+def _outcome(position: int) -> OutcomeRow:
+    return OutcomeRow("run", position, "sent", None, None, 1, None, None, NOW)
+
+
+class FakeWrites:
+    def __init__(self, failures: int = 0) -> None:
+        self.batches: list[list[int]] = []
+        self.failures = failures
+
+    async def __call__(self, _pool: Any, batch: list[OutcomeRow]) -> Flushed:
+        if self.failures:
+            self.failures -= 1
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("gone")
+        self.batches.append([o.position for o in batch])
+        return Flushed(batch, [("run", "sent", None) for _ in batch])
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> FakeWrites:
+    fake = FakeWrites()
+    monkeypatch.setattr(report, "write_batch", fake)
+    return fake
+
+
+async def test_outcomes_are_written_in_batches_and_the_last_ones_on_stop(
+    writes: FakeWrites,
+) -> None:
+    flushed: list[Flushed] = []
+    recorder = Recorder(None, FakeClock(NOW), interval=3600, batch_size=3,  # type: ignore[arg-type]
+                        on_flushed=flushed.append, campaign_id="c")
+    task = asyncio.create_task(recorder.run())
+    for n in range(7):
+        recorder.add(_outcome(n))
+    await settle()
+    assert writes.batches == [[0, 1, 2], [3, 4, 5], [6]]  # all of it, in batches
+    recorder.add(_outcome(7))
+    recorder.stop()
+    await task
+    assert writes.batches[-1] == [7]
+    assert sum(len(f.outcomes) for f in flushed) == 8
+
+
+async def test_a_partial_batch_waits_for_the_checkpoint_interval(writes: FakeWrites) -> None:
+    clock = FakeClock(NOW)
+    recorder = Recorder(None, clock, interval=1.0, batch_size=100,  # type: ignore[arg-type]
+                        on_flushed=lambda _: None, campaign_id="c")
+    task = asyncio.create_task(recorder.run())
+    recorder.add(_outcome(1))
+    await settle()
+    # The fake clock's sleep returns at once (advancing time by the interval): written.
+    assert writes.batches == [[1]]
+    assert clock.monotonic() >= 1001.0
+    recorder.stop()
+    await task
+
+
+async def test_a_failed_write_is_retried_and_nothing_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeWrites(failures=3)
+    monkeypatch.setattr(report, "write_batch", fake)
+    recorder = Recorder(None, FakeClock(NOW), interval=0.5, batch_size=2,  # type: ignore[arg-type]
+                        on_flushed=lambda _: None, campaign_id="c")
+    task = asyncio.create_task(recorder.run())
+    for n in range(5):
+        recorder.add(_outcome(n))
+    await recorder.flush_now()
+    assert fake.batches == [[0, 1], [2, 3], [4]]
+    recorder.stop()
+    await task
+
+
+async def test_flush_now_returns_once_everything_is_written(writes: FakeWrites) -> None:
+    recorder = Recorder(None, FakeClock(NOW), interval=3600, batch_size=50,  # type: ignore[arg-type]
+                        on_flushed=lambda _: None, campaign_id="c")
+    task = asyncio.create_task(recorder.run())
+    recorder.add(_outcome(1))
+    recorder.add(_outcome(2))
+    await recorder.flush_now()
+    assert writes.batches == [[1, 2]]
+    recorder.stop()
+    await task
