@@ -9,6 +9,12 @@ renewal: well before another instance could take the lease over. A worker that e
 first call comes at least a second after our last one and the rate's one-second
 windows hold across the hand-over.
 
+A restart is quick to resume: `<state_dir>/engine.lock` is held (flock) by the live
+daemon of that state dir, and `<state_dir>/engine.holder` names its lease holder. A
+daemon that gets the lock knows the holder named there is dead (the kernel frees the
+lock of a killed process), so it lets that holder's leases expire one second later
+instead of waiting out `lease_ttl`.
+
 Stop (the service calls `stop` after the HTTP server is down): the scheduler, listener
 and heartbeat stop; every worker stops claiming, lets its calls in flight finish
 within the grace (or until forced), writes every outcome and releases the claims it
@@ -19,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import uuid
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from daemon import unsubscribe
 from daemon.config import Config
@@ -46,6 +54,25 @@ SERVICE_NAME = "engine"
 RUNS_CHANNEL = "campaignd_runs"
 CONTROL_CHANNEL = "campaignd_control"
 RELEASE_LINGER = 1.0  # a released lease stays ours this long (the rate's window)
+LOCK_FILE = "engine.lock"
+HOLDER_FILE = "engine.holder"
+
+
+def claim_incarnation(state_dir: Path, holder: str) -> tuple[IO[str] | None, str | None]:
+    """Lock `state_dir` for this process; the previous (dead) holder's name, if any.
+
+    (None, None) when another live daemon uses the same state dir."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = (state_dir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return None, None
+    path = state_dir / HOLDER_FILE
+    previous = path.read_text().strip() if path.exists() else None
+    path.write_text(holder + "\n")
+    return lock, previous or None
 
 
 class HeldLease:
@@ -93,6 +120,7 @@ class Engine:
         self._group: asyncio.TaskGroup | None = None
         self.scheduler = Scheduler(ctx.pool, ctx.clock, self.holder, self.start_worker)
         self.services: WorkerServices | None = None
+        self._lock_file: IO[str] | None = None
 
     # -- stage --------------------------------------------------------------------------------
 
@@ -114,10 +142,22 @@ class Engine:
             checkpoint_interval=config.engine.checkpoint_interval,
             time_cap=config.limits.time_cap,
         )
+        await self._reclaim()
         self.ctx.services[SERVICE_NAME] = self
         self._main = asyncio.get_running_loop().create_task(self._supervise(), name="engine")
         self._main.add_done_callback(self._main_done)
         log.info("engine.started", holder=self.holder, lease_ttl=self.lease_ttl)
+
+    async def _reclaim(self) -> None:
+        """Free the leases of our previous incarnation, known dead (see the module doc)."""
+        lock, previous = await asyncio.to_thread(
+            claim_incarnation, Path(self.ctx.config.state_dir), self.holder)
+        self._lock_file = lock
+        if previous is None or previous == self.holder:
+            return
+        freed = await leases.release_all(self.ctx.pool, previous, RELEASE_LINGER)
+        if freed:
+            log.info("lease.reclaimed", previous_holder=previous, campaigns=freed)
 
     async def stop(self, grace: float, force: asyncio.Event) -> None:
         self._grace = grace
@@ -129,6 +169,8 @@ class Engine:
                     await asyncio.shield(self._main)
         finally:
             relay.cancel()
+            if self._lock_file is not None:
+                self._lock_file.close()
             registry = self._own_registry
             if registry is not None:
                 from daemon.providers.registry import ProviderRegistry

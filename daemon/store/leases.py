@@ -76,6 +76,20 @@ async def release(db: Executor, holder: str, campaign_ids: Sequence[str],
         await db.execute(_RELEASE, holder, list(campaign_ids), linger)
 
 
+async def release_all(db: Executor, holder: str, linger: float = 1.0) -> int:
+    """Let every lease of `holder` (a dead incarnation of ours) expire `linger` seconds from
+    now; how many."""
+    status: str = await db.execute(
+        """
+        UPDATE engine_leases
+        SET expires_at = LEAST(expires_at, clock_timestamp() + make_interval(secs => $2))
+        WHERE holder = $1 AND expires_at > clock_timestamp()
+        """,
+        holder, linger,
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def states(db: Executor, campaign_ids: Sequence[str]) -> dict[str, LeaseState]:
     """The lease of each of these campaigns that has one."""
     rows = await db.fetch(

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,12 +109,16 @@ EngineFactory = Callable[..., Awaitable[EngineHandle]]
 
 
 @pytest.fixture
-async def start_engine(pool: Pool) -> AsyncIterator[EngineFactory]:
-    """Start engines on the test database (several for scale-out tests); stopped at the end."""
+async def start_engine(pool: Pool, tmp_path: Path) -> AsyncIterator[EngineFactory]:
+    """Start engines on the test database (several for scale-out tests); stopped at the end.
+    Each has its own state dir unless `state_dir` is given (a restart of the same daemon)."""
     handles: list[EngineHandle] = []
 
     async def factory(config: Config, *, holder: str | None = None,
-                      on_pool: Pool | None = None) -> EngineHandle:
+                      on_pool: Pool | None = None, state_dir: Path | None = None
+                      ) -> EngineHandle:
+        folder = state_dir or tmp_path / f"engine{len(handles)}"
+        config = config.model_copy(update={"state_dir": folder})
         ctx = AppContext(config=config, pool=on_pool or pool, clock=SystemClock(),
                          metrics=Metrics())
         registry = ProviderRegistry(config)
@@ -129,6 +134,8 @@ async def start_engine(pool: Pool) -> AsyncIterator[EngineFactory]:
         async with asyncio.timeout(30):
             if handle.engine._main is not None and not handle.engine._main.done():
                 await handle.engine.stop(5.0, asyncio.Event())
+            elif handle.engine._lock_file is not None:  # crashed on purpose
+                handle.engine._lock_file.close()
             await handle.registry.close()
 
 

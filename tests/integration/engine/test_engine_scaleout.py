@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,28 @@ async def test_a_dead_holder_is_taken_over_after_its_lease_expires(
     resumed = gateway.arrivals[calls_at_crash].at if len(gateway.arrivals) > calls_at_crash \
         else crashed_at
     assert resumed - crashed_at >= 1.0  # not before the lease expired
+
+
+async def test_a_restart_on_the_same_state_dir_resumes_without_waiting_for_the_lease(
+    pool: Pool, other_pool: Pool, gateway: Gateway, start_engine: EngineFactory,
+    tmp_path: Path,
+) -> None:
+    await make_campaign(pool, "c1", rate=20)
+    await add_profiles(pool, 60, audience="a1")
+    config = engine_config(gateway, engine={"lease_ttl": 30})
+    state = tmp_path / "state"
+    doomed = await start_engine(config, on_pool=other_pool, state_dir=state)
+    run_id = await trigger(pool, "c1", audience="a1")
+    await gateway.wait_for(10)
+    other_pool.terminate()  # kill -9: nothing cleaned up, the lease has ~30 s left
+    assert doomed.engine._main is not None and doomed.engine._lock_file is not None
+    doomed.engine._main.cancel()
+    await asyncio.gather(doomed.engine._main, return_exceptions=True)
+    doomed.engine._lock_file.close()  # the kernel frees a dead process's lock
+    restarted_at = asyncio.get_running_loop().time()
+    calls = len(gateway.arrivals)
+    await start_engine(config, state_dir=state)
+    await gateway.wait_for(calls + 1, timeout=10)
+    assert gateway.arrivals[calls].at - restarted_at < 3.0  # not the 30 s lease
+    row = await wait_run_status(pool, run_id, timeout=30)
+    assert row["sent"] == 60
