@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon import planner
@@ -36,7 +35,12 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-PREPARE_AHEAD = 2.0  # runs are frozen up to this long before their first delivery
+# A worker takes scheduled runs this long before their start, and freezes each just early
+# enough: MIN_LEAD before its start, plus its size at FREEZE_ROWS_PER_SECOND (a
+# conservative rate for the INSERT ... SELECT), so the first call can go at the start.
+HORIZON = 30.0
+MIN_LEAD = 0.5
+FREEZE_ROWS_PER_SECOND = 100_000
 CONTROL_TICK = 0.5  # cancel requests and new runs are polled at least this often
 PROGRESS_EVERY = 10.0  # run.progress period
 IDLE_EXIT = 2.0  # a worker with nothing to do for this long ends (and frees its lease)
@@ -66,7 +70,8 @@ class CampaignRuns:
         self.group: asyncio.TaskGroup | None = None
         self._control_wake = asyncio.Event()
         self._activation_wake = asyncio.Event()
-        self._start_queue: deque[RunRow] = deque()
+        self._start_queue: dict[str, RunRow] = {}
+        self._freeze_at: dict[str, datetime] = {}  # run id -> when to freeze it
         self._start_wake = asyncio.Event()
         self._starting: set[str] = set()
         self._closing: dict[str, asyncio.Task[None]] = {}
@@ -176,7 +181,7 @@ class CampaignRuns:
         """Take over the runs left running (by a previous holder, or by us before a restart)."""
         now = self.clock.now()
         rows = await engine_store.campaign_runs(self.services.pool, self.campaign.id,
-                                                now + timedelta(seconds=PREPARE_AHEAD))
+                                                now + timedelta(seconds=HORIZON))
         running = [row for row in rows if row.status is RunStatus.RUNNING]
         if running:
             await self._resume(running)
@@ -227,7 +232,7 @@ class CampaignRuns:
     async def _refresh(self) -> None:
         now = self.clock.now()
         rows = await engine_store.campaign_runs(self.services.pool, self.campaign.id,
-                                                now + timedelta(seconds=PREPARE_AHEAD))
+                                                now + timedelta(seconds=HORIZON))
         unknown: list[RunRow] = []
         seen: set[str] = set()
         for row in rows:
@@ -236,7 +241,7 @@ class CampaignRuns:
             if row.status is RunStatus.SCHEDULED:
                 if row.id not in self._starting:
                     self._starting.add(row.id)
-                    self._start_queue.append(row)
+                    self._start_queue[row.id] = row
                     self._start_wake.set()
             elif run is None:
                 if row.id not in self._starting:
@@ -307,16 +312,34 @@ class CampaignRuns:
     # -- start ----------------------------------------------------------------------------------
 
     async def starter_loop(self) -> None:
-        """Freeze the due scheduled runs, one at a time, in start order."""
+        """Freeze each due scheduled run when its time comes (see HORIZON), earliest first."""
         while True:
-            while self._start_queue:
-                row = self._start_queue.popleft()
+            self._start_wake.clear()
+            for run_id, row in list(self._start_queue.items()):
+                if run_id not in self._freeze_at:
+                    await self.retrying(functools.partial(self._plan_freeze, row),
+                                        "plan_freeze")
+            now = self.clock.now()
+            due = sorted((at, run_id) for run_id, at in self._freeze_at.items()
+                         if run_id in self._start_queue)
+            if due and due[0][0] <= now:
+                run_id = due[0][1]
+                row = self._start_queue.pop(run_id)
+                self._freeze_at.pop(run_id, None)
                 try:
                     await self.retrying(functools.partial(self._start, row), "start")
                 finally:
-                    self._starting.discard(row.id)
-            self._start_wake.clear()
-            await self._start_wake.wait()
+                    self._starting.discard(run_id)
+                continue
+            seconds = (due[0][0] - now).total_seconds() if due else None
+            await self.wait(self._start_wake, seconds)
+
+    async def _plan_freeze(self, row: RunRow) -> None:
+        size = row.inline_count
+        if row.audience_id is not None:
+            size = await engine_store.audience_size(self.services.pool, row.audience_id)
+        lead = MIN_LEAD + size / FREEZE_ROWS_PER_SECOND
+        self._freeze_at[row.id] = row.scheduled_for - timedelta(seconds=lead)
 
     async def _start(self, row: RunRow) -> None:
         now = self.clock.now()

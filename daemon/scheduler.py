@@ -2,7 +2,8 @@
 
 It reads, in one query, every campaign with scheduled or running runs and who holds
 its lease, then sleeps until the earliest of: a scheduled run's preparation time
-(`PREPARE_AHEAD` before its start), the expiry of a lease another instance holds on
+(`HORIZON` before its start: the worker freezes it
+just early enough), the expiry of a lease another instance holds on
 a campaign with work (to take over from a dead holder), the end of a windowed
 campaign (which becomes `completed` then), or `MAX_SLEEP`. A NOTIFY (new run,
 cancel), a worker's end or the engine's stop wake it early; it re-reads after
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from daemon.clock import Clock
-from daemon.execution import PREPARE_AHEAD
+from daemon.execution import HORIZON
 from daemon.logs import get_logger
 from daemon.report import DB_ERRORS, raise_if_cancelling
 from daemon.store import Pool
@@ -72,7 +73,7 @@ class Scheduler:
         now = self._clock.now()
         wake_at = now + timedelta(seconds=MAX_SLEEP)
         for work in await engine_store.due_work(self._pool):
-            prepare_at = (work.next_scheduled - timedelta(seconds=PREPARE_AHEAD)
+            prepare_at = (work.next_scheduled - timedelta(seconds=HORIZON)
                           if work.next_scheduled is not None else None)
             due = work.running or (prepare_at is not None and prepare_at <= now)
             if not due:

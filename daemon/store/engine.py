@@ -57,6 +57,8 @@ class RunRow:
     rate_per_second: int | None
     context: dict[str, Any]
     cancel_requested: bool
+    audience_id: str | None
+    inline_count: int
 
 
 def counts_of(row: Record) -> dict[str, int]:
@@ -134,11 +136,12 @@ def _run_row(row: Record) -> RunRow:
         else None,
         rate_per_second=row["rate_per_second"], context=row["context"] or {},
         cancel_requested=row["cancel_requested_at"] is not None,
+        audience_id=row["audience_id"], inline_count=row["inline_count"],
     )
 
 
 _RUN_COLUMNS = ("id, status, scheduled_for, started_at, deadline, deadline_reason, "
-                "rate_per_second, context, cancel_requested_at")
+                "rate_per_second, context, cancel_requested_at, audience_id, inline_count")
 
 
 async def campaign_runs(db: Executor, campaign_id: str, horizon: datetime) -> list[RunRow]:
@@ -153,6 +156,13 @@ async def campaign_runs(db: Executor, campaign_id: str, horizon: datetime) -> li
         campaign_id, horizon,
     )
     return [_run_row(row) for row in rows]
+
+
+async def audience_size(db: Executor, audience_id: str) -> int:
+    """Members of a stored audience (an index-only count: to plan the freeze ahead)."""
+    size: int = await db.fetchval(
+        "SELECT count(*) FROM audience_members WHERE audience_id = $1", audience_id)
+    return size
 
 
 async def control_rows(db: Executor, run_ids: list[str]) -> list[Record]:
@@ -177,7 +187,7 @@ async def start_run(
     and set its counts, in one transaction. None if it is no longer scheduled."""
     async with conn.transaction():
         row = await conn.fetchrow(
-            f"SELECT {_RUN_COLUMNS}, audience_id FROM runs "
+            f"SELECT {_RUN_COLUMNS} FROM runs "
             "WHERE id = $1 AND status = 'scheduled' FOR UPDATE",
             run_id,
         )
