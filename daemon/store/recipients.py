@@ -32,13 +32,16 @@ RETURNING r.run_id, r.position, r.profile_id, r.email, r.phone, r.push_tokens, r
               AS subscribed
 """
 
-# Per run: the next `n` fresh recipients after position `after`, in order.
+# Per run: the next `n` fresh recipients after position `after`, in order. The rows are
+# picked (and locked) by the subquery and updated by their physical address (a TID scan):
+# the update can never become a scan of the table, whatever the planner thinks of the batch.
 _CLAIM_FRESH = """
-WITH picked AS (
-    SELECT x.run_id, x.position
+UPDATE run_recipients r SET inflight_since = $6
+WHERE r.ctid = ANY (ARRAY(
+    SELECT x.ctid
     FROM unnest($3::text[], $4::bigint[], $5::int[]) AS w(run_id, after, n)
     CROSS JOIN LATERAL (
-        SELECT c.run_id, c.position FROM run_recipients c
+        SELECT c.ctid FROM run_recipients c
         WHERE c.run_id = w.run_id AND c.status = 'pending' AND c.position > w.after
           AND c.inflight_since IS NULL AND c.retry_at IS NULL
         ORDER BY c.position
@@ -46,23 +49,20 @@ WITH picked AS (
         FOR UPDATE SKIP LOCKED
     ) x
     WHERE {fence}
-)
-UPDATE run_recipients r SET inflight_since = $6
-FROM picked WHERE r.run_id = picked.run_id AND r.position = picked.position
+))
 """
 
 # Recipients whose retry is due, earliest first.
 _CLAIM_RETRIES = """
-WITH picked AS (
-    SELECT c.run_id, c.position FROM run_recipients c
+UPDATE run_recipients r SET inflight_since = $6
+WHERE r.ctid = ANY (ARRAY(
+    SELECT c.ctid FROM run_recipients c
     WHERE c.run_id = ANY($3::text[]) AND c.status = 'pending' AND c.retry_at <= $4
       AND c.inflight_since IS NULL AND {fence}
     ORDER BY c.retry_at
     LIMIT $5
     FOR UPDATE SKIP LOCKED
-)
-UPDATE run_recipients r SET inflight_since = $6
-FROM picked WHERE r.run_id = picked.run_id AND r.position = picked.position
+))
 """
 
 _RELEASE = """

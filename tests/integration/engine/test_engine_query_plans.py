@@ -1,0 +1,88 @@
+"""The engine's hot queries keep their indexes, on a run of realistic size (EXPLAIN after
+ANALYZE): claims, retries, outcome writes, crash recovery, due work."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from daemon.models import Channel
+from daemon.store import Pool
+from daemon.store import recipients as store
+from tests.integration.engine.conftest import make_campaign
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def _scans(plan: Any) -> list[tuple[str, str]]:
+    found = []
+    stack = [plan[0]["Plan"]]
+    while stack:
+        node = stack.pop()
+        if "Scan" in node["Node Type"]:
+            found.append((node["Node Type"], node.get("Index Name") or node.get("Relation Name")))
+        stack.extend(node.get("Plans", []))
+    return found
+
+
+async def _plan(pool: Pool, query: str, *args: Any) -> list[tuple[str, str]]:
+    async with pool.acquire() as conn, conn.transaction():
+        raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {query}", *args)
+    return _scans(raw if isinstance(raw, list) else json.loads(raw))
+
+
+@pytest.fixture
+async def big_run(pool: Pool) -> str:
+    """A running run of 50,000 recipients, most already sent, some waiting for a retry."""
+    await make_campaign(pool, "c1")
+    await pool.execute("INSERT INTO runs (id, campaign_id, status, scheduled_for) "
+                       "VALUES ('r1', 'c1', 'running', now())")
+    await pool.execute(
+        """
+        INSERT INTO run_recipients (run_id, position, profile_id, status, retry_at)
+        SELECT 'r1', n, 'p' || n,
+               CASE WHEN n < 40000 THEN 'sent' ELSE 'pending' END,
+               CASE WHEN n % 1000 = 0 AND n >= 40000 THEN now() END
+        FROM generate_series(0, 49999) AS n
+        """)
+    await pool.execute("ANALYZE run_recipients")
+    return "r1"
+
+
+def _indexed(scans: list[tuple[str, str]], *indexes: str) -> bool:
+    on_recipients = [s for s in scans if s[1] and s[1].startswith("run_recipients")
+                     and s[0] != "Tid Scan"]
+    return bool(on_recipients) and all(
+        kind != "Seq Scan" and name in indexes for kind, name in on_recipients)
+
+
+async def test_a_fresh_claim_walks_the_pending_index_from_the_cursor(
+    pool: Pool, big_run: str
+) -> None:
+    sql = (store._CLAIM_FRESH.format(fence=store._FENCE)
+           + store._RETURNING.format(subscribed="sub_sms"))
+    scans = await _plan(pool, sql, "c1", "me", [big_run], [40_500], [100], NOW)
+    assert _indexed(scans, "run_recipients_pending", "run_recipients_pkey"), scans
+    assert ("Tid Scan", "run_recipients") in scans
+
+
+async def test_a_retry_claim_uses_the_retry_index(pool: Pool, big_run: str) -> None:
+    sql = (store._CLAIM_RETRIES.format(fence=store._FENCE)
+           + store._RETURNING.format(subscribed=store._SUBSCRIBED[Channel.SMS]))
+    scans = await _plan(pool, sql, "c1", "me", [big_run], NOW, 100, NOW)
+    assert _indexed(scans, "run_recipients_retry", "run_recipients_pkey"), scans
+    assert ("Tid Scan", "run_recipients") in scans
+
+
+async def test_an_outcome_write_updates_by_primary_key(pool: Pool, big_run: str) -> None:
+    scans = await _plan(pool, store._WRITE, [big_run] * 2, [40_001, 40_002], ["sent"] * 2,
+                        [None] * 2, [None] * 2, [1, 1], [None] * 2, [None] * 2, [NOW] * 2)
+    assert _indexed(scans, "run_recipients_pkey", "run_recipients_pending"), scans
+
+
+async def test_crash_recovery_reads_only_the_in_flight_marks(pool: Pool, big_run: str) -> None:
+    scans = await _plan(pool, store._RECOVER, [big_run])
+    assert _indexed(scans, "run_recipients_inflight"), scans
