@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon import planner
 from daemon.delivery import RENDER_ERROR, RunExecution, RunState
-from daemon.errors import ProviderError
+from daemon.errors import ProviderError, TransientError
 from daemon.logs import get_logger
 from daemon.models import ExclusionReason, RunStatus
 from daemon.report import DB_ERRORS, raise_if_cancelling
@@ -124,6 +124,7 @@ class CampaignRuns:
         if self.stopping or run.state is not RunState.ACTIVE:
             return False
         if not self.lease.valid():
+            self.stopping = True  # no call may start any more: the worker ends
             self.wake_control()
             return False
         deadline = run.row.deadline
@@ -141,7 +142,7 @@ class CampaignRuns:
             return
         self._error_log[provider] = (now, 0)
         self.log.warning("provider.error", provider=provider, run_id=run_id, reason=error.reason,
-                         transient=type(error).__name__ == "TransientError", folded=folded)
+                         transient=isinstance(error, TransientError), folded=folded)
 
     def note_dead_tokens(self, profile_id: str, tokens: tuple[str, ...]) -> None:
         self._dead_tokens.extend((profile_id, token) for token in tokens)
@@ -225,6 +226,9 @@ class CampaignRuns:
             await self.wait(self._activation_wake, seconds)
 
     def _activate(self, run: RunExecution) -> None:
+        if self.content_error is not None:
+            self.begin_close(run, fail_reason=RENDER_ERROR)
+            return
         run.state = RunState.ACTIVE
         run.started_mono = self.clock.monotonic()
         self.mark_ready(run)

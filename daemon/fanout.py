@@ -121,7 +121,7 @@ class CampaignWorker(CampaignRuns):
             await self._drain(grace(), force)
             await self._settle_closes(max(0.0, deadline - self.clock.monotonic()))
             self.recorder.stop()
-            await recorder
+            await self._bounded(recorder, max(1.0, deadline - self.clock.monotonic()), force)
         await self._release_unstarted()
         if self._abandoned:
             self.log.warning("worker.calls_abandoned", count=self._abandoned)
@@ -151,6 +151,20 @@ class CampaignWorker(CampaignRuns):
             self._unstarted.extend((run.id, c.position) for c in run.queue)
             run.queue.clear()
 
+    async def _bounded(self, recorder: asyncio.Task[None], grace: float,
+                       force: asyncio.Event) -> None:
+        """Wait for the last writes within `grace` (or until `force`): with the database down
+        they cannot land, and the claims they settle stay marked in flight (sent again by
+        the next holder: the crash bound)."""
+        forced = asyncio.ensure_future(force.wait())
+        await asyncio.wait([recorder, forced], timeout=grace,
+                           return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not recorder.done():
+            self.log.error("worker.outcomes_unwritten", count=self.recorder.buffered)
+            recorder.cancel()
+            await asyncio.gather(recorder, return_exceptions=True)
+
     async def _settle_closes(self, grace: float) -> None:
         """Let runs already closing finish closing (their calls are done), within `grace`."""
         closing = list(self._closing.values())
@@ -164,7 +178,8 @@ class CampaignWorker(CampaignRuns):
         if not self._unstarted:
             return
         try:
-            await recipient_store.release(self.services.pool, self._unstarted)
+            await recipient_store.release(self.services.pool, self.campaign.id,
+                                          self.services.holder, self._unstarted)
         except Exception as exc:  # the next holder recovers them (sent then, not lost)
             self.log.warning("worker.release_failed", error=str(exc), count=len(self._unstarted))
 
@@ -291,8 +306,10 @@ class CampaignWorker(CampaignRuns):
         if not recipient.subscribed:
             self._record(delivery.unsubscribed(run, recipient, now))
             return
-        if self.content is None:
-            self._give_back(run, recipient)  # the run fails as a whole (control loop)
+        if self.content is None:  # the run is failing as a whole (the control loop closes it)
+            assert self.content_error is not None
+            self._record(delivery.render_failure(run, recipient,
+                                                 RenderError(self.content_error), now))
             return
         try:
             message = delivery.build_message(

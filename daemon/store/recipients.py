@@ -67,8 +67,8 @@ WHERE r.ctid = ANY (ARRAY(
 
 _RELEASE = """
 UPDATE run_recipients r SET inflight_since = NULL
-FROM unnest($1::text[], $2::bigint[]) AS u(run_id, position)
-WHERE r.run_id = u.run_id AND r.position = u.position AND r.status = 'pending'
+FROM unnest($3::text[], $4::bigint[]) AS u(run_id, position)
+WHERE r.run_id = u.run_id AND r.position = u.position AND r.status = 'pending' AND {fence}
 """
 
 _RECOVER = """
@@ -169,10 +169,13 @@ async def claim_retries(
     return [_claimed(row) for row in rows]
 
 
-async def release(db: Executor, claims: Sequence[tuple[str, int]]) -> None:
-    """Give back claims that never reached a provider call (graceful stop)."""
+async def release(db: Executor, campaign_id: str, holder: str,
+                  claims: Sequence[tuple[str, int]]) -> None:
+    """Give back claims that never reached a provider call (graceful stop); only while we
+    hold the lease (a new holder has recovered them already)."""
     if claims:
-        await db.execute(_RELEASE, [c[0] for c in claims], [c[1] for c in claims])
+        await db.execute(_RELEASE.format(fence=_FENCE), campaign_id, holder,
+                         [c[0] for c in claims], [c[1] for c in claims])
 
 
 async def recover(db: Executor, run_ids: Sequence[str]) -> int:

@@ -191,3 +191,16 @@ async def test_a_profile_unsubscribed_mid_run_is_not_sent(
         assert last["reason"] == "opted_out"
         assert row["excluded_opted_out"] == 1
     assert_counts_add_up(row)
+
+
+async def test_content_that_does_not_compile_fails_the_run_without_a_call(
+    pool: Pool, gateway: Gateway, start_engine: EngineFactory
+) -> None:
+    await make_campaign(pool, "c1", content={"body": "Hi {{ profile.id"})  # bypassed the API
+    await add_profiles(pool, 3, audience="a1")
+    await start_engine(engine_config(gateway))
+    run_id = await trigger(pool, "c1", audience="a1")
+    row = await wait_run_status(pool, run_id)
+    assert (row["status"], row["end_reason"], row["failed"]) == ("failed", "error", 3)
+    assert {r["reason"] for r in await recipient_rows(pool, run_id)} == {"render_error"}
+    assert gateway.arrivals == []
