@@ -117,6 +117,8 @@ class CampaignWorker(CampaignRuns):
             stopper.cancel()
             for task in (control, starter, activator, feeder):
                 task.cancel()
+            # A claim in progress lands in its queue before the queues are released.
+            await asyncio.wait([control, starter, activator, feeder])
             deadline = self.clock.monotonic() + grace()
             await self._drain(grace(), force)
             await self._settle_closes(max(0.0, deadline - self.clock.monotonic()))
@@ -191,11 +193,21 @@ class CampaignWorker(CampaignRuns):
     async def _feed_loop(self) -> None:
         while True:
             if self.lease.valid():
-                await self.retrying(self._fill, "claim")
+                await self.retrying(self._fill_shielded, "claim")
                 await self.retrying(self.check_finished, "finish_check")
                 await self.write_dead_tokens()
             await self.wait(self._feeder_wake, self.feed_timeout())
             self._feeder_wake.clear()
+
+    async def _fill_shielded(self) -> None:
+        """`_fill`, which a stop must not cut between a claim's commit and the claimed
+        recipients reaching a queue (they would stay marked in flight, unreleased)."""
+        task = asyncio.ensure_future(self._fill())
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task])
+            raise
 
     def _unrecorded(self) -> int:
         return sum(run.unrecorded for run in self.runs.values())
