@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,7 +56,14 @@ def run_one(name: str, smoke: bool, database_url: str | None) -> tuple[int, dict
         command.append("--smoke")
     if database_url:
         command += ["--database-url", database_url]
-    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            stdout, _ = child.communicate()
+        except BaseException:  # interrupted: let the bench tear down its processes first
+            child.send_signal(signal.SIGTERM)  # the bench unwinds on it (bench/runner.py)
+            child.wait(timeout=60)
+            raise
+    completed = subprocess.CompletedProcess(command, child.returncode, stdout)
     try:
         document: dict[str, Any] = json.loads(completed.stdout)
     except ValueError:
@@ -75,6 +83,8 @@ def main() -> None:
                         help="before each bench, wait (up to 10 min) until fewer than CORES "
                              "cores are busy: on a shared box, measure in the quiet moments")
     args = parser.parse_args()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT may come in ignored (`cmd &`)
+        signal.signal(signum, signal.default_int_handler)
     if args.which == "list":
         print("\n".join(BENCHES))
         return

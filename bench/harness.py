@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -33,6 +34,17 @@ from bench.database import BenchDatabase, bench_database
 from bench.procstat import CpuWindow, PostgresMeter, peak_rss_bytes
 
 READY_TIMEOUT = 120.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the bench dies, however it dies (Linux), so
+    that no daemon or gateway outlives an interrupted bench."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -77,6 +89,7 @@ class ChildProcess:
     async def start(self, within: float = 30.0) -> dict[str, Any]:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, *self.args, stdout=asyncio.subprocess.PIPE, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         assert self.process.stdout is not None
         try:
@@ -219,7 +232,7 @@ class DaemonProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "daemon", "run", "--config", str(self.config_path),
                 stdout=log_file, stderr=asyncio.subprocess.STDOUT, env=env,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )
         self.port = None
         async with asyncio.timeout(within):

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -104,6 +105,10 @@ def main(name: str, bench: BenchFunction, description: str) -> None:
         print(f"bench {name}: warning: {background} cores already busy before the bench; "
               "timings will be skewed", file=sys.stderr)
     code = 0
+    # SIGTERM (the driver or CI stopping us) unwinds like Ctrl-C: the harness then stops
+    # the daemon and the gateway and drops the database.
+    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT may come in ignored (`cmd &`)
+        signal.signal(signum, signal.default_int_handler)
     try:
         result = asyncio.run(bench(options))
     except ApiMissing as exc:
@@ -114,6 +119,9 @@ def main(name: str, bench: BenchFunction, description: str) -> None:
         document.update(ok=False, error=str(exc))
         print(f"bench {name}: FAILED: {exc}", file=sys.stderr)
         code = EXIT_FAILED
+    except KeyboardInterrupt:
+        document.update(ok=False, error="interrupted")
+        code = 130
     except Exception as exc:
         traceback.print_exc()
         document.update(ok=False, error=f"{type(exc).__name__}: {exc}")
