@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from daemon import config as config_module
 from daemon.api.app import build_app
 from daemon.api.auth import requires
-from daemon.api.bodies import read_json
 from daemon.api.context import AppContext, context
+from daemon.api.validation import read_body
 from daemon.bootstrap import ensure_admin_token
 from daemon.clock import FakeClock
 from daemon.metrics import Metrics
@@ -32,7 +32,7 @@ async def trigger_ok(request: web.Request) -> web.Response:
 
 
 async def echo(request: web.Request) -> web.Response:
-    body = await read_json(request, context(request).config.server.max_body_bytes)
+    body = await read_body(request, context(request).config.server.max_body_bytes)
     return web.json_response(body)
 
 
@@ -115,9 +115,14 @@ async def test_framework_errors_are_problems(client: TestClient) -> None:
 
 
 async def test_json_bodies_400_413_415(client: TestClient) -> None:
-    await expect_problem(await client.post("/t/echo", data=b"{nope",
-                                           headers={"Content-Type": "application/json"}),
-                         400, "malformed_json")
+    for bad in (b"{nope", b'{"x": NaN}', b'{"x": 1e999}'):
+        await expect_problem(await client.post("/t/echo", data=bad,
+                                               headers={"Content-Type": "application/json"}),
+                             400, "malformed_json")
+    body = await expect_problem(await client.post("/t/echo", data=b'{"x": "\\u0000"}',
+                                                  headers={"Content-Type": "application/json"}),
+                                422, "validation_error")
+    assert body["errors"] == [{"loc": "x", "msg": "NUL characters and lone surrogates are refused"}]
     await expect_problem(await client.post("/t/echo", data=b"{}",
                                            headers={"Content-Type": "text/plain"}),
                          415, "unsupported_media_type")
