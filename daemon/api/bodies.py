@@ -5,8 +5,6 @@ is not storable JSON)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from daemon.api.problems import problem
