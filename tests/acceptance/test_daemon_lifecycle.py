@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import stat
@@ -50,7 +51,23 @@ async def test_kill_9_then_restart_comes_back(daemon_factory: DaemonFactory) -> 
     daemon = daemon_factory(embedded=True)
     await daemon.start()
     await daemon.kill()
-    await daemon.start()  # the embedded server (or its pid file) was left behind
+    await daemon.start()  # the embedded server was left running behind it
+    async with daemon.client() as http, http.get("/readyz") as response:
+        assert response.status == 200
+
+    # A power cut: the daemon and the embedded server die, the pid file stays behind.
+    pid_file = daemon.state_dir / "pg" / "postmaster.pid"
+    postmaster = int(pid_file.read_text().split()[0])
+    await daemon.kill()
+    os.kill(postmaster, signal.SIGKILL)
+    for _ in range(100):
+        try:
+            os.kill(postmaster, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.05)
+    assert pid_file.exists()
+    await daemon.start()
     async with daemon.client() as http, http.get("/readyz") as response:
         assert response.status == 200
     assert await daemon.terminate() == 0
