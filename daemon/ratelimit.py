@@ -5,7 +5,7 @@ A `Pacer` hands out call slots at `rate` per second, evenly spaced:
 - the pace: an aiolimiter leaky bucket leaking at `rate / 1.005`, holding 200 ms of
   calls: a late timer or a short stall (a write, a GC pass) loses no throughput, the
   calls behind are caught up;
-- the catch-up is smoothed: a second bucket lets at most 1.5 × the rate through (in
+- the catch-up is smoothed: a second bucket lets at most 1.35 × the rate through (in
   grains of 10 ms), so what a stall held back goes out over the next moments, not in
   one burst (machine-limits §3: never a bucket of one second's capacity released at
   once, never capacity 1 at high rates);
@@ -47,7 +47,7 @@ MAX_GUARDED_RATE = 100_000
 MARGIN = 0.005
 GUARD_MARGIN = 0.0025
 BANK_SECONDS = 0.2  # calls held back by a stall that are still caught up
-CATCH_UP = 1.5  # at most this × the rate while catching up
+CATCH_UP = 1.35  # at most this × the rate while catching up (100 ms windows < 0.15 × rate)
 GRAIN_SECONDS = 0.01  # the smoothing bucket's size, in time at the catch-up rate
 
 
