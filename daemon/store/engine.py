@@ -248,7 +248,7 @@ async def close_run(
         if reason is not None:
             moved = int((await conn.execute(
                 """
-                UPDATE run_recipients SET status = $2, reason = $3, inflight_since = NULL,
+                UPDATE run_recipients SET status = $2, reason = $3,
                        retry_at = NULL, updated_at = $4
                 WHERE run_id = $1 AND status = 'pending'
                   AND EXISTS (SELECT 1 FROM runs WHERE id = $1 AND status = 'running')
@@ -268,6 +268,7 @@ async def close_run(
         counts = counts_of(row)
         if counts["pending"]:
             return None  # not done: the caller closes it later
+        await conn.execute("DELETE FROM run_claims WHERE run_id = $1", run_id)
         cancelled = exclude_as is ExclusionReason.CANCELLED
         failed = fail_reason is not None
         end = planner.end_reason(excluded_of(counts), cancelled=cancelled, failed=failed)

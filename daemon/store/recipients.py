@@ -1,11 +1,12 @@
 """A running run's recipients: claims (durable in-flight marks), releases, outcome writes.
 
-The lease holder claims pending recipients in batches, in position order, marking them
-`inflight_since` in the same statement: that mark is durable before any provider call
-for them. An outcome write clears it; a graceful stop releases the claims that never
-reached a call; after a crash, the next holder finds the marks and sends those
-recipients again (same idempotency key). Claims are fenced by the lease: a daemon
-whose lease expired claims nothing.
+The lease holder claims pending recipients in batches, in position order, inserting a
+row per recipient in `run_claims` in the same statement: that mark is durable before any
+provider call for them. The outcome's write deletes it (same transaction); a graceful
+stop releases the claims that never reached a call; after a crash, the next holder
+finds the claims left and sends those recipients again (same idempotency key). Claims
+are fenced by the lease: a daemon whose lease expired claims nothing. A recipient is
+never claimed twice (the claim's primary key).
 """
 
 from __future__ import annotations
@@ -25,56 +26,64 @@ EXISTS (SELECT 1 FROM engine_leases l
         WHERE l.campaign_id = $1 AND l.holder = $2 AND l.expires_at > clock_timestamp())
 """
 
-_RETURNING = """
-RETURNING r.run_id, r.position, r.profile_id, r.email, r.phone, r.push_tokens, r.attributes,
-          r.context, r.attempts,
-          coalesce((SELECT p.{subscribed} FROM profiles p WHERE p.id = r.profile_id), true)
-              AS subscribed
+_UNCLAIMED = """
+NOT EXISTS (SELECT 1 FROM run_claims k WHERE k.run_id = c.run_id AND k.position = c.position)
 """
 
-# Per run: the next `n` fresh recipients after position `after`, in order. The rows are
-# picked (and locked) by the subquery and updated by their physical address (a TID scan):
-# the update can never become a scan of the table, whatever the planner thinks of the batch.
-_CLAIM_FRESH = """
-UPDATE run_recipients r SET inflight_since = $6
-WHERE r.ctid = ANY (ARRAY(
-    SELECT x.ctid
-    FROM unnest($3::text[], $4::bigint[], $5::int[]) AS w(run_id, after, n)
+# Insert the picked recipients' claims; return those claimed (with the current
+# subscription of their profile to the channel).
+_CLAIM = """,
+claimed AS (
+    INSERT INTO run_claims (run_id, position, holder, claimed_at)
+    SELECT run_id, position, $2, $6 FROM picked
+    ON CONFLICT DO NOTHING
+    RETURNING run_id, position
+)
+SELECT r.run_id, r.position, r.profile_id, r.email, r.phone, r.push_tokens, r.attributes,
+       r.context, r.attempts,
+       coalesce((SELECT p.{subscribed} FROM profiles p WHERE p.id = r.profile_id), true)
+           AS subscribed
+FROM picked r JOIN claimed USING (run_id, position)
+"""
+
+_PICKED_COLUMNS = ("c.run_id, c.position, c.profile_id, c.email, c.phone, c.push_tokens, "
+                   "c.attributes, c.context, c.attempts")
+
+# Per run: the next `n` fresh (never tried) recipients after position `after`, in order.
+# Past the cursor nothing is claimed (the caller's own claims are behind it, a dead
+# holder's were recovered); a claim there anyway is skipped by the insert's conflict.
+_CLAIM_FRESH = f"""
+WITH picked AS (
+    SELECT x.* FROM unnest($3::text[], $4::bigint[], $5::int[]) AS w(run_id, after, n)
     CROSS JOIN LATERAL (
-        SELECT c.ctid FROM run_recipients c
+        SELECT {_PICKED_COLUMNS} FROM run_recipients c
         WHERE c.run_id = w.run_id AND c.status = 'pending' AND c.position > w.after
-          AND c.inflight_since IS NULL AND c.retry_at IS NULL
+          AND c.retry_at IS NULL
         ORDER BY c.position
         LIMIT w.n
-        FOR UPDATE SKIP LOCKED
     ) x
-    WHERE {fence}
-))
+    WHERE {{fence}}
+)
 """
 
 # Recipients whose retry is due, earliest first.
-_CLAIM_RETRIES = """
-UPDATE run_recipients r SET inflight_since = $6
-WHERE r.ctid = ANY (ARRAY(
-    SELECT c.ctid FROM run_recipients c
+_CLAIM_RETRIES = f"""
+WITH picked AS (
+    SELECT {_PICKED_COLUMNS} FROM run_recipients c
     WHERE c.run_id = ANY($3::text[]) AND c.status = 'pending' AND c.retry_at <= $4
-      AND c.inflight_since IS NULL AND {fence}
+      AND {_UNCLAIMED} AND {{fence}}
     ORDER BY c.retry_at
     LIMIT $5
-    FOR UPDATE SKIP LOCKED
-))
+)
 """
 
 _RELEASE = """
-UPDATE run_recipients r SET inflight_since = NULL
-FROM unnest($3::text[], $4::bigint[]) AS u(run_id, position)
-WHERE r.run_id = u.run_id AND r.position = u.position AND r.status = 'pending' AND {fence}
+DELETE FROM run_claims k
+USING unnest($3::text[], $4::bigint[]) AS u(run_id, position)
+WHERE k.run_id = u.run_id AND k.position = u.position AND k.holder = $2 AND {fence}
 """
 
-_RECOVER = """
-UPDATE run_recipients SET inflight_since = NULL
-WHERE run_id = ANY($1::text[]) AND inflight_since IS NOT NULL AND status = 'pending'
-"""
+_RECOVER = "DELETE FROM run_claims WHERE run_id = ANY($1::text[])"
 
 # One statement for a batch of outcomes; only rows still pending change (a late or repeated
 # outcome is a no-op), and the rows that did change are returned for the counts.
@@ -83,12 +92,19 @@ UPDATE run_recipients r
 SET status = b.status, reason = b.reason, error = b.error,
     attempts = least(r.attempts + b.calls, 32767),
     provider_message_id = coalesce(b.provider_message_id, r.provider_message_id),
-    retry_at = b.retry_at, inflight_since = NULL, updated_at = b.at
+    retry_at = b.retry_at, updated_at = b.at
 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[],
             $7::text[], $8::timestamptz[], $9::timestamptz[])
      AS b(run_id, position, status, reason, error, calls, provider_message_id, retry_at, at)
 WHERE r.run_id = b.run_id AND r.position = b.position AND r.status = 'pending'
 RETURNING r.run_id, r.status, r.reason
+"""
+
+# The claims the outcomes settle (whatever the write changed: a late outcome too).
+_UNCLAIM = """
+DELETE FROM run_claims k
+USING unnest($1::text[], $2::bigint[]) AS u(run_id, position)
+WHERE k.run_id = u.run_id AND k.position = u.position
 """
 
 COUNT_COLUMNS = (
@@ -148,7 +164,7 @@ async def claim_fresh(
     if not wanted:
         return []
     sql = (_CLAIM_FRESH.format(fence=_FENCE)
-           + _RETURNING.format(subscribed=_SUBSCRIBED[channel]))
+           + _CLAIM.format(subscribed=_SUBSCRIBED[channel]))
     rows = await db.fetch(
         sql, campaign_id, holder, [w[0] for w in wanted], [w[1] for w in wanted],
         [w[2] for w in wanted], now,
@@ -164,7 +180,7 @@ async def claim_retries(
     if not run_ids:
         return []
     sql = (_CLAIM_RETRIES.format(fence=_FENCE)
-           + _RETURNING.format(subscribed=_SUBSCRIBED[channel]))
+           + _CLAIM.format(subscribed=_SUBSCRIBED[channel]))
     rows = await db.fetch(sql, campaign_id, holder, list(run_ids), now, limit, now)
     return [_claimed(row) for row in rows]
 
@@ -179,8 +195,8 @@ async def release(db: Executor, campaign_id: str, holder: str,
 
 
 async def recover(db: Executor, run_ids: Sequence[str]) -> int:
-    """Clear the in-flight marks a previous holder left (crash): those recipients are
-    claimed, and sent, again. Returns how many."""
+    """Drop the claims a previous holder left (crash): those recipients are claimed, and
+    sent, again. Returns how many."""
     if not run_ids:
         return 0
     status: str = await db.execute(_RECOVER, list(run_ids))
@@ -192,9 +208,11 @@ async def retry_state(db: Executor, run_id: str) -> tuple[int, datetime | None]:
     row = await db.fetchrow(
         """
         SELECT (SELECT pending FROM runs WHERE id = $1) AS pending,
-               (SELECT min(retry_at) FROM run_recipients
-                WHERE run_id = $1 AND status = 'pending' AND retry_at IS NOT NULL
-                  AND inflight_since IS NULL) AS next_retry
+               (SELECT min(c.retry_at) FROM run_recipients c
+                WHERE c.run_id = $1 AND c.status = 'pending' AND c.retry_at IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM run_claims k
+                                  WHERE k.run_id = c.run_id AND k.position = c.position))
+                   AS next_retry
         """,
         run_id,
     )
@@ -218,14 +236,16 @@ class OutcomeRow:
 
 
 async def write_outcomes(conn: Connection, outcomes: Sequence[OutcomeRow]) -> list[Record]:
-    """Apply the outcomes to still-pending rows; the (run_id, status, reason) applied.
-    Call in the transaction that also adds the counts (`add_counts`)."""
+    """Apply the outcomes to still-pending rows and drop their claims; the (run_id, status,
+    reason) applied. Call in the transaction that also adds the counts (`add_counts`)."""
     columns: list[list[Any]] = [[] for _ in range(9)]
     for o in outcomes:
         for index, value in enumerate((o.run_id, o.position, o.status, o.reason, o.error,
                                        o.calls, o.provider_message_id, o.retry_at, o.at)):
             columns[index].append(value)
-    return list(await conn.fetch(_WRITE, *columns))
+    rows = list(await conn.fetch(_WRITE, *columns))
+    await conn.execute(_UNCLAIM, columns[0], columns[1])
+    return rows
 
 
 async def add_counts(conn: Connection, deltas: Sequence[tuple[str, tuple[int, ...]]]

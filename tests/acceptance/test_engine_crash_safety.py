@@ -89,9 +89,9 @@ async def _launch(http: aiohttp.ClientSession, count: int, rate: int) -> str:
     return run_id
 
 
-async def _finished(daemon: DaemonProcess, run_id: str, timeout: float = 90.0
-                    ) -> dict[str, Any]:
-    async with daemon.client() as http, asyncio.timeout(timeout):
+async def _finished(daemon: DaemonProcess, run_id: str, timeout: float = 90.0,
+                    token: str | None = None) -> dict[str, Any]:
+    async with daemon.client(token) as http, asyncio.timeout(timeout):
         while True:
             async with http.get(f"/v1/runs/{run_id}") as response:
                 report: dict[str, Any] = await response.json()
@@ -171,7 +171,8 @@ async def test_two_daemons_the_lease_holder_killed_the_other_takes_over(
     await holder.kill()
     killed_at = time.monotonic()
     killed = len(gateway.arrivals)
-    report = await _finished(other, run_id)
+    # Only the first daemon wrote the admin token (one per database).
+    report = await _finished(other, run_id, token=first.admin_token)
     assert report["counts"]["sent"] == count and _balanced(report)
     keys = gateway.keys()
     assert len(keys) == count

@@ -30,6 +30,7 @@ def _scans(plan: Any) -> list[tuple[str, str]]:
 
 async def _plan(pool: Pool, query: str, *args: Any) -> list[tuple[str, str]]:
     async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")  # the claims table is empty
         raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {query}", *args)
     return _scans(raw if isinstance(raw, list) else json.loads(raw))
 
@@ -53,8 +54,7 @@ async def big_run(pool: Pool) -> str:
 
 
 def _indexed(scans: list[tuple[str, str]], *indexes: str) -> bool:
-    on_recipients = [s for s in scans if s[1] and s[1].startswith("run_recipients")
-                     and s[0] != "Tid Scan"]
+    on_recipients = [s for s in scans if s[1] and s[1].startswith("run_recipients")]
     return bool(on_recipients) and all(
         kind != "Seq Scan" and name in indexes for kind, name in on_recipients)
 
@@ -63,18 +63,16 @@ async def test_a_fresh_claim_walks_the_pending_index_from_the_cursor(
     pool: Pool, big_run: str
 ) -> None:
     sql = (store._CLAIM_FRESH.format(fence=store._FENCE)
-           + store._RETURNING.format(subscribed="sub_sms"))
+           + store._CLAIM.format(subscribed="sub_sms"))
     scans = await _plan(pool, sql, "c1", "me", [big_run], [40_500], [100], NOW)
     assert _indexed(scans, "run_recipients_pending", "run_recipients_pkey"), scans
-    assert ("Tid Scan", "run_recipients") in scans
 
 
 async def test_a_retry_claim_uses_the_retry_index(pool: Pool, big_run: str) -> None:
     sql = (store._CLAIM_RETRIES.format(fence=store._FENCE)
-           + store._RETURNING.format(subscribed=store._SUBSCRIBED[Channel.SMS]))
+           + store._CLAIM.format(subscribed=store._SUBSCRIBED[Channel.SMS]))
     scans = await _plan(pool, sql, "c1", "me", [big_run], NOW, 100, NOW)
     assert _indexed(scans, "run_recipients_retry", "run_recipients_pkey"), scans
-    assert ("Tid Scan", "run_recipients") in scans
 
 
 async def test_an_outcome_write_updates_by_primary_key(pool: Pool, big_run: str) -> None:
@@ -83,6 +81,8 @@ async def test_an_outcome_write_updates_by_primary_key(pool: Pool, big_run: str)
     assert _indexed(scans, "run_recipients_pkey", "run_recipients_pending"), scans
 
 
-async def test_crash_recovery_reads_only_the_in_flight_marks(pool: Pool, big_run: str) -> None:
-    scans = await _plan(pool, store._RECOVER, [big_run])
-    assert _indexed(scans, "run_recipients_inflight"), scans
+async def test_claims_are_found_by_their_primary_key(pool: Pool, big_run: str) -> None:
+    for query, args in ((store._RECOVER, ([big_run],)),
+                        (store._UNCLAIM, ([big_run], [40_001]))):
+        scans = await _plan(pool, query, *args)
+        assert scans and all(kind != "Seq Scan" for kind, _ in scans), scans
