@@ -30,13 +30,18 @@ READY_TIMEOUT = 90.0
 class DaemonProcess:
     """One `campaignd run` subprocess with its own state dir and log file."""
 
-    def __init__(self, folder: Path, config_text: str, env: dict[str, str]) -> None:
+    def __init__(self, folder: Path, config_text: str, env: dict[str, str],
+                 siblings: list[DaemonProcess] | None = None) -> None:
         self.folder = folder
+        # Daemons of one test on one database: only the first to start writes the
+        # admin-token file (the others find a token already there); they share it.
+        self.siblings = siblings if siblings is not None else []
         self.state_dir = folder / "state"
         self.config_path = folder / "campaignd.toml"
         self.log_path = folder / "daemon.log"
         self.config_path.write_text(config_text)
         self.env = env
+        self.embedded = False
         self.process: asyncio.subprocess.Process | None = None
         self.port: int | None = None
         self._log_file: Any = None
@@ -49,7 +54,11 @@ class DaemonProcess:
 
     @property
     def admin_token(self) -> str:
-        return (self.state_dir / "admin-token").read_text().strip()
+        for daemon in [self, *self.siblings]:
+            path = daemon.state_dir / "admin-token"
+            if path.exists():
+                return path.read_text().strip()
+        raise AssertionError("no daemon of this test wrote an admin-token file")
 
     async def start(self, *extra_args: str, wait_ready: bool = True) -> None:
         """Start the process; with `wait_ready`, return once /readyz answers 200."""
@@ -180,7 +189,11 @@ async def daemon_factory(
         merged = _merge_toml_sections(config_text)
         process_env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGND_")}
         process_env.update(env or {})
-        daemon = DaemonProcess(folder, merged, process_env)
+        shared = [] if embedded else [d for d in daemons if not d.embedded]
+        daemon = DaemonProcess(folder, merged, process_env, shared)
+        daemon.embedded = embedded
+        for sibling in shared:
+            sibling.siblings.append(daemon)
         daemons.append(daemon)
         return daemon
 
