@@ -38,7 +38,7 @@ def median_of(values: list[Any]) -> Any:
     return first
 
 
-def wait_quiet(cores: float, patience: float = 600.0) -> None:
+def wait_quiet(cores: float, patience: float) -> None:
     """Return once the machine's busy cores (over 2 s) fall below `cores`, or after
     `patience` seconds."""
     began = time.monotonic()
@@ -80,8 +80,10 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated subset of the benches")
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--quiet-below", type=float, default=None, metavar="CORES",
-                        help="before each bench, wait (up to 10 min) until fewer than CORES "
-                             "cores are busy: on a shared box, measure in the quiet moments")
+                        help="before each bench, wait until fewer than CORES cores are busy "
+                             "(up to --patience s): on a shared box, measure in the quiet")
+    parser.add_argument("--patience", type=float, default=180.0,
+                        help="seconds --quiet-below waits at most (default 180)")
     args = parser.parse_args()
     for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT may come in ignored (`cmd &`)
         signal.signal(signum, signal.default_int_handler)
@@ -100,7 +102,7 @@ def main() -> None:
         for attempt in range(args.repeat):
             print(f"== bench {name} ({attempt + 1}/{args.repeat})", file=sys.stderr, flush=True)
             if args.quiet_below is not None:
-                wait_quiet(args.quiet_below)
+                wait_quiet(args.quiet_below, args.patience)
             code, document = run_one(name, args.smoke, args.database_url)
             documents.append(document)
             if code == EXIT_MISSING and args.smoke:
