@@ -7,8 +7,9 @@ Each step is open loop: a 2 ms ticker issues the requests due at step_start + i 
 whatever the answers do, and each latency runs from its issue (so a server that falls
 behind shows it in the latency: no coordinated omission).
 Steps go up until one is not sustained (fewer than 99 % answered 2xx within the step
-plus one second, or p99 above 100 ms). `--closed S` adds a closed-loop step: `concurrency`
-workers as fast as they go for S seconds, the raw ceiling. Each request is a trigger
+plus one second, or p99 above 100 ms), but always up to `--at-least`. `--closed S`
+adds a closed-loop step: `concurrency` workers as fast as they go for S seconds, the
+raw ceiling. Each request is a trigger
 with one inline recipient and a unique profile id. uvloop when installed: the
 instrument should not be the bottleneck.
 """
@@ -138,7 +139,7 @@ async def generate(args: argparse.Namespace) -> dict[str, Any]:
         for rate in args.rates:
             step = await load.paced_step(rate, args.step)
             steps.append(step)
-            if not step["sustained"]:
+            if not step["sustained"] and rate >= args.at_least:
                 break
         closed = await load.closed_step(args.closed, args.workers) if args.closed else None
     finally:
@@ -160,6 +161,8 @@ def main() -> None:
                         required=True)
     parser.add_argument("--step", type=float, default=4.0, help="seconds per step")
     parser.add_argument("--closed", type=float, default=0.0, help="closed-loop seconds")
+    parser.add_argument("--at-least", type=float, default=0.0,
+                        help="run every step up to this rate, sustained or not")
     parser.add_argument("--workers", type=int, default=64, help="closed-loop workers")
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--asyncio", action="store_true", help="plain asyncio, not uvloop")
