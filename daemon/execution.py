@@ -1,13 +1,12 @@
 """The life of a campaign's runs on the lease holder: start, activate, deadline, cancel, end.
 
-`CampaignRuns` is the control half of a campaign worker (the sending half is
-`fanout.CampaignWorker`, which extends it). Its `control_loop` adopts the runs a
-previous holder left running (clearing their in-flight marks: those recipients are
-sent again), queues due scheduled runs for `starter_loop` (which freezes them ahead
-of their start), activates each run at its first delivery time, and closes runs at
-their deadline, on a cancel request, or when nothing is left to send. A close waits
-for the run's calls in flight, writes every outcome, then excludes what is left and
-sets the end reason, in one transaction.
+`CampaignRuns` is the control part of a campaign worker (`fanout.CampaignWorker`
+extends it with claims and senders, `sending.ProviderCalls` with the calls, and
+`closing.RunClosing` ends runs). Its `control_loop` adopts the runs a previous holder
+left running (dropping their claims: those recipients are sent again), queues due
+scheduled runs for `starter_loop` (which freezes each just early enough for its size),
+has each activated at its first delivery time (`activator_loop`), and closes runs at
+their deadline or on a cancel request.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon import planner
+from daemon.closing import RunClosing
 from daemon.delivery import RENDER_ERROR, RunExecution, RunState
 from daemon.errors import ProviderError, TransientError
 from daemon.logs import get_logger
@@ -31,7 +31,6 @@ from daemon.store.engine import Campaign, RunRow
 
 if TYPE_CHECKING:
     from daemon.fanout import WorkerServices
-    from daemon.report import Recorder
 
 log = get_logger(__name__)
 
@@ -51,10 +50,9 @@ class Lease(Protocol):
     def valid(self) -> bool: ...
 
 
-class CampaignRuns:
+class CampaignRuns(RunClosing):
     """The runs of one campaign executing on this instance (control half of the worker)."""
 
-    recorder: Recorder
     content_error: str | None
 
     def __init__(self, services: WorkerServices, campaign: Campaign, lease: Lease) -> None:
@@ -78,13 +76,6 @@ class CampaignRuns:
         self._idle_since: float | None = None
         self._error_log: dict[str, tuple[float, int]] = {}
         self._dead_tokens: list[tuple[str, str]] = []
-
-    # hooks of the sending half
-    def mark_ready(self, run: RunExecution) -> None:
-        raise NotImplementedError
-
-    def wake_feeder(self) -> None:
-        raise NotImplementedError
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -370,90 +361,3 @@ class CampaignRuns:
         if counts.pending == 0:
             self.begin_close(run)
         self.wake_control()
-
-    # -- end ------------------------------------------------------------------------------------
-
-    async def check_finished(self) -> None:
-        """Close the active runs with nothing left to send (every outcome written)."""
-        now = self.clock.now()
-        for run in list(self.runs.values()):
-            if run.state is not RunState.ACTIVE or not run.fresh_exhausted or run.queue \
-                    or run.held:
-                continue
-            if run.unrecorded:
-                self.recorder.request_flush()
-                continue
-            if run.next_retry_at is not None and run.next_retry_at > now:
-                continue
-            pending, next_retry = await recipient_store.retry_state(self.services.pool, run.id)
-            if pending == 0:
-                self.begin_close(run)
-            elif next_retry is not None:
-                run.next_retry_at = next_retry
-            else:  # pending rows we did not see (released by someone): scan again
-                run.fresh_exhausted = False
-                run.cursor = -1
-
-    def begin_close(self, run: RunExecution, *, exclude_as: ExclusionReason | None = None,
-                    fail_reason: str | None = None) -> None:
-        if run.state in (RunState.CLOSING, RunState.DONE) or self.group is None:
-            return
-        run.state = RunState.CLOSING
-        self._closing[run.id] = self.group.create_task(
-            self._close(run, exclude_as, fail_reason), name=f"close:{run.id}")
-
-    async def _close(self, run: RunExecution, exclude_as: ExclusionReason | None,
-                     fail_reason: str | None) -> None:
-        try:
-            await run.idle.wait()  # calls in flight for this run finish and are recorded
-            await self.recorder.flush_now()
-            closed: list[engine_store.ClosedRun | None] = []
-
-            async def close() -> None:
-                async with self.services.pool.acquire() as conn:
-                    closed.append(await engine_store.close_run(
-                        conn, run.id, self.campaign.id, now=self.clock.now(),
-                        exclude_as=exclude_as, fail_reason=fail_reason))
-
-            await self.retrying(close, "close_run")
-            result = closed[-1]
-            if result is None:
-                if exclude_as is None and fail_reason is None and run.id in self.runs:
-                    run.state, run.fresh_exhausted, run.cursor = RunState.ACTIVE, False, -1
-                    self.mark_ready(run)
-                    self.wake_feeder()
-                    return
-                self._forget(run)
-                return
-            self._finished(run, result, exclude_as)
-        finally:
-            self._closing.pop(run.id, None)
-            self.wake_control()
-
-    def _finished(self, run: RunExecution, result: engine_store.ClosedRun,
-                  exclude_as: ExclusionReason | None) -> None:
-        counts = result.counts
-        excluded = engine_store.excluded_of(counts)
-        if result.newly_excluded and exclude_as in (ExclusionReason.TIME_CAP,
-                                                    ExclusionReason.CAMPAIGN_END):
-            self.log.info("run.excluded", run_id=run.id, reason=exclude_as,
-                          count=result.newly_excluded)
-        started = run.row.started_at
-        duration = (self.clock.now() - started).total_seconds() if started else None
-        self.log.info(
-            "run.finished", run_id=run.id, status=result.status, end_reason=result.end_reason,
-            targeted=counts["targeted"], sent=counts["sent"], failed=counts["failed"],
-            pending=counts["pending"], excluded=excluded,
-            duration_seconds=round(duration, 3) if duration is not None else None,
-            calls=run.calls,
-        )
-        if result.campaign_completed:
-            self.log.info("campaign.completed", reason="one_shot_run_ended", run_id=run.id)
-        self._forget(run)
-
-    def _forget(self, run: RunExecution) -> None:
-        run.state = RunState.DONE
-        run.queue.clear()
-        run.unrecorded = 0
-        if self.runs.pop(run.id, None) is not None:
-            self.services.metrics.runs_active.dec()

@@ -1,12 +1,11 @@
 """A campaign's worker on the instance holding its lease: claim, pace, send, record.
 
-Tasks (one TaskGroup, all named): `control` (runs to start, activate at their first
-delivery time, deadlines, cancels, progress, the worker's end), `starter` (freezes
-due runs, one at a time), `feeder` (claims recipients in batches, in position order,
+Tasks (one TaskGroup, all named): `control` (runs to adopt and start, deadlines,
+cancels, progress, the worker's end), `starter` (freezes due runs), `activator` (starts
+each at its first delivery time), `feeder` (claims recipients in batches, in position order,
 within the claim window; notices runs that are done), `recorder` (writes outcomes),
 and a fixed pool of `sender` coroutines shared by all the campaign's runs, which take
-recipients round-robin between runs (fair), and pass the campaign pacer and the
-provider's gate before each call.
+recipients round-robin between runs (fair), and make the calls (`sending.py`).
 
 No provider call starts unless its run is active, before its deadline, with the lease
 valid and the worker not stopping: that check is the last thing before the call.
@@ -19,24 +18,24 @@ import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from daemon import delivery, planner
+from daemon import planner
 from daemon.clock import Clock
 from daemon.delivery import DeliverySettings, RunExecution, RunState
-from daemon.errors import PermanentError, ProviderError, TransientError
 from daemon.execution import CampaignRuns, Lease
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
 from daemon.models import Channel
-from daemon.providers.base import Provider, SendResult
-from daemon.ratelimit import Pacer, ProviderGate, ProviderGates
+from daemon.providers.base import Provider
+from daemon.ratelimit import Pacer, ProviderGates
 from daemon.report import Flushed, Recorder
+from daemon.sending import ProviderCalls
 from daemon.store import Pool
 from daemon.store import recipients as recipient_store
 from daemon.store.engine import Campaign, counts_of
 from daemon.store.recipients import Claimed, OutcomeRow
-from daemon.templates import CompiledContent, RenderError, TemplateProblem
+from daemon.templates import CompiledContent, TemplateProblem
 
 log = get_logger(__name__)
 
@@ -63,7 +62,7 @@ class WorkerServices:
     time_cap: float
 
 
-class CampaignWorker(CampaignRuns):
+class CampaignWorker(ProviderCalls, CampaignRuns):
     """Executes one campaign's runs until none is left or it is stopped."""
 
     def __init__(self, services: WorkerServices, campaign: Campaign, lease: Lease,
@@ -90,6 +89,7 @@ class CampaignWorker(CampaignRuns):
         self._calling: set[asyncio.Task[None]] = set()  # senders inside a provider call
         self._senders: list[asyncio.Task[None]] = []
         self._unstarted: list[tuple[str, int]] = []  # claims to release at stop
+        self._metric_children: dict[tuple[str, str], Any] = {}
         self._abandoned = 0
 
     # -- the task tree ----------------------------------------------------------------------
@@ -312,100 +312,6 @@ class CampaignWorker(CampaignRuns):
             finally:
                 run.held -= 1
 
-    async def _deliver(self, run: RunExecution, recipient: Claimed,
-                       task: asyncio.Task[None]) -> None:
-        now = self.clock.now()
-        if not recipient.subscribed:
-            self._record(delivery.unsubscribed(run, recipient, now))
-            return
-        if self.content is None:  # the run is failing as a whole (the control loop closes it)
-            assert self.content_error is not None
-            self._record(delivery.render_failure(run, recipient,
-                                                 RenderError(self.content_error), now))
-            return
-        try:
-            message = delivery.build_message(
-                run, recipient, self.content, self.campaign.channel, self.services.delivery,
-                self.services.unsubscribe_key)
-        except RenderError as exc:
-            self._record(delivery.render_failure(run, recipient, exc, now))
-            return
-        provider = self.services.providers.for_channel(self.campaign.channel)
-        gate = self.services.gates.gate(provider.name, provider.settings)
-        if not await self._admit(run, gate, recipient):
-            return
-        self._calling.add(task)
-        run.call_started()
-        try:
-            began = self.clock.monotonic()
-            result: SendResult | None = None
-            error: ProviderError | None = None
-            try:
-                result = await provider.send(message)
-            except ProviderError as exc:
-                error = exc
-            except asyncio.CancelledError:
-                self._abandoned += 1  # stays marked in flight: sent again after a restart
-                raise
-            except Exception as exc:  # a provider bug must not lose the recipient: retry it
-                self.log.exception("provider.error", provider=provider.name, run_id=run.id)
-                error = TransientError(f"provider_failure: {type(exc).__name__}")
-            finally:
-                gate.semaphore.release()
-                self._calling.discard(task)
-            self.services.metrics.provider_latency.labels(provider.name).observe(
-                self.clock.monotonic() - began)
-            run.calls += 1
-            self._outcome(run, recipient, provider.name, gate, result, error)
-        finally:
-            run.call_ended()
-
-    async def _admit(self, run: RunExecution, gate: ProviderGate, recipient: Claimed) -> bool:
-        """Take the campaign pacer's slot and the provider's gates. True: the call starts now,
-        holding a provider concurrency slot. False: the recipient was given back."""
-        admitted = False
-        try:
-            if not self.may_call(run):
-                return False
-            if self.pacer is None:
-                await self._provider_gates(gate)
-                admitted = self._last_check(run, gate)
-                return admitted
-            async with self.pacer.turn():
-                if not self.may_call(run):  # closed while queued: make way at once
-                    return False
-                await self.pacer.token()
-                await self._provider_gates(gate)
-                try:
-                    await self.pacer.window()
-                except BaseException:
-                    gate.semaphore.release()
-                    raise
-                admitted = self._last_check(run, gate)
-                if admitted:
-                    self.pacer.record()
-                return admitted
-        finally:
-            if not admitted:
-                self._give_back(run, recipient)
-
-    def _last_check(self, run: RunExecution, gate: ProviderGate) -> bool:
-        if self.may_call(run):
-            return True
-        gate.semaphore.release()
-        return False
-
-    async def _provider_gates(self, gate: ProviderGate) -> None:
-        """Wait out a pause, take the provider's rate slot and a concurrency slot."""
-        while True:
-            await gate.wait_unpaused()
-            if gate.pacer is not None:
-                await gate.pacer.acquire()
-            await gate.semaphore.acquire()
-            if gate.paused_for() <= 0:
-                return
-            gate.semaphore.release()
-
     def _give_back(self, run: RunExecution, recipient: Claimed) -> None:
         """A recipient taken but not sent: back to its run's queue; released at a stop; left
         to the close of a closing run (which excludes it)."""
@@ -414,28 +320,6 @@ class CampaignWorker(CampaignRuns):
         elif run.state in (RunState.WAITING, RunState.ACTIVE):
             run.queue.appendleft(recipient)
             self.mark_ready(run)
-
-    def _outcome(self, run: RunExecution, recipient: Claimed, provider: str,
-                 gate: ProviderGate, result: SendResult | None,
-                 error: ProviderError | None) -> None:
-        now = self.clock.now()
-        metrics = self.services.metrics
-        if error is None:
-            assert result is not None
-            metrics.provider_calls.labels(provider, "sent").inc()
-            self.note_dead_tokens(recipient.profile_id, result.invalid_push_tokens)
-            self._record(delivery.sent(run, recipient, result, now))
-            return
-        transient = isinstance(error, TransientError)
-        metrics.provider_calls.labels(provider, "transient" if transient else "permanent").inc()
-        if isinstance(error, PermanentError):
-            self.note_dead_tokens(recipient.profile_id, error.invalid_push_tokens)
-        if isinstance(error, TransientError) and error.retry_after and \
-                gate.pause(error.retry_after):
-            self.log.warning("provider.throttled", provider=provider,
-                             retry_after=error.retry_after, run_id=run.id)
-        self.note_provider_error(provider, error, run.id)
-        self._record(delivery.after_error(run, recipient, error, now, self.services.delivery))
 
     def _record(self, outcome: OutcomeRow) -> None:
         self.recorder.add(outcome)

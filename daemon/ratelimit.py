@@ -163,7 +163,7 @@ class ProviderGates:
     def gate(self, name: str, settings: ProviderSettings) -> ProviderGate:
         """The gate of provider `name`; a new one if its settings changed (SIGHUP)."""
         known = self._gates.get(name)
-        if known is not None and known[0] == settings:
+        if known is not None and (known[0] is settings or known[0] == settings):
             return known[1]
         gate = ProviderGate(name, settings.concurrency, settings.rate_per_second)
         self._gates[name] = (settings, gate)

@@ -1,0 +1,138 @@
+"""The end of a campaign's runs on the lease holder (the closing part of a campaign worker).
+
+A run ends when nothing is left to send, at its deadline, on a cancel request, or when
+its content cannot be rendered. A close stops new calls for the run at once, waits for
+its calls in flight, writes every outcome, then excludes (or fails) what is left and sets
+the status and end reason, in one transaction (`store.engine.close_run`), and logs the
+run's summary line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from daemon.clock import Clock
+from daemon.delivery import RunExecution, RunState
+from daemon.models import ExclusionReason
+from daemon.store import engine as engine_store
+from daemon.store import recipients as recipient_store
+from daemon.store.engine import Campaign
+
+if TYPE_CHECKING:
+    from daemon.fanout import WorkerServices
+    from daemon.report import Recorder
+
+
+class RunClosing:
+    """Closing runs; the worker's other parts provide what is declared here."""
+
+    services: WorkerServices
+    campaign: Campaign
+    clock: Clock
+    log: structlog.stdlib.BoundLogger
+    runs: dict[str, RunExecution]
+    group: asyncio.TaskGroup | None
+    recorder: Recorder
+    _closing: dict[str, asyncio.Task[None]]
+
+    if TYPE_CHECKING:  # provided by the other parts of the worker
+        def mark_ready(self, run: RunExecution) -> None:
+            ...
+
+        def wake_feeder(self) -> None:
+            ...
+
+        def wake_control(self) -> None:
+            ...
+
+        async def retrying(self, action: Callable[[], Awaitable[None]], what: str) -> None:
+            ...
+
+    async def check_finished(self) -> None:
+        """Close the active runs with nothing left to send (every outcome written)."""
+        now = self.clock.now()
+        for run in list(self.runs.values()):
+            if run.state is not RunState.ACTIVE or not run.fresh_exhausted or run.queue \
+                    or run.held:
+                continue
+            if run.unrecorded:
+                self.recorder.request_flush()
+                continue
+            if run.next_retry_at is not None and run.next_retry_at > now:
+                continue
+            pending, next_retry = await recipient_store.retry_state(self.services.pool, run.id)
+            if pending == 0:
+                self.begin_close(run)
+            elif next_retry is not None:
+                run.next_retry_at = next_retry
+            else:  # pending rows we did not see (released by someone): scan again
+                run.fresh_exhausted = False
+                run.cursor = -1
+
+    def begin_close(self, run: RunExecution, *, exclude_as: ExclusionReason | None = None,
+                    fail_reason: str | None = None) -> None:
+        if run.state in (RunState.CLOSING, RunState.DONE) or self.group is None:
+            return
+        run.state = RunState.CLOSING
+        self._closing[run.id] = self.group.create_task(
+            self._close(run, exclude_as, fail_reason), name=f"close:{run.id}")
+
+    async def _close(self, run: RunExecution, exclude_as: ExclusionReason | None,
+                     fail_reason: str | None) -> None:
+        try:
+            await run.idle.wait()  # calls in flight for this run finish and are recorded
+            await self.recorder.flush_now()
+            closed: list[engine_store.ClosedRun | None] = []
+
+            async def close() -> None:
+                async with self.services.pool.acquire() as conn:
+                    closed.append(await engine_store.close_run(
+                        conn, run.id, self.campaign.id, now=self.clock.now(),
+                        exclude_as=exclude_as, fail_reason=fail_reason))
+
+            await self.retrying(close, "close_run")
+            result = closed[-1]
+            if result is None:
+                if exclude_as is None and fail_reason is None and run.id in self.runs:
+                    run.state, run.fresh_exhausted, run.cursor = RunState.ACTIVE, False, -1
+                    self.mark_ready(run)
+                    self.wake_feeder()
+                    return
+                self._forget(run)
+                return
+            self._finished(run, result, exclude_as)
+        finally:
+            self._closing.pop(run.id, None)
+            self.wake_control()
+
+    def _finished(self, run: RunExecution, result: engine_store.ClosedRun,
+                  exclude_as: ExclusionReason | None) -> None:
+        counts = result.counts
+        excluded = engine_store.excluded_of(counts)
+        if result.newly_excluded and exclude_as in (ExclusionReason.TIME_CAP,
+                                                    ExclusionReason.CAMPAIGN_END):
+            self.log.info("run.excluded", run_id=run.id, reason=exclude_as,
+                          count=result.newly_excluded)
+        started = run.row.started_at
+        duration = (self.clock.now() - started).total_seconds() if started else None
+        self.log.info(
+            "run.finished", run_id=run.id, status=result.status, end_reason=result.end_reason,
+            targeted=counts["targeted"], sent=counts["sent"], failed=counts["failed"],
+            pending=counts["pending"], excluded=excluded,
+            duration_seconds=round(duration, 3) if duration is not None else None,
+            calls=run.calls,
+        )
+        if result.campaign_completed:
+            self.log.info("campaign.completed", reason="one_shot_run_ended", run_id=run.id)
+        self._forget(run)
+
+    def _forget(self, run: RunExecution) -> None:
+        run.state = RunState.DONE
+        run.queue.clear()
+        run.unrecorded = 0
+        if self.runs.pop(run.id, None) is not None:
+            self.services.metrics.runs_active.dec()
