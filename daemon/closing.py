@@ -56,8 +56,7 @@ class RunClosing:
         """Close the active runs with nothing left to send (every outcome written)."""
         now = self.clock.now()
         for run in list(self.runs.values()):
-            if run.state is not RunState.ACTIVE or not run.fresh_exhausted or run.queue \
-                    or run.held:
+            if run.state is not RunState.ACTIVE or not run.fresh_exhausted or run.queue:
                 continue
             if run.unrecorded:
                 self.recorder.request_flush()

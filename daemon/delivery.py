@@ -62,7 +62,6 @@ class RunExecution:
     cursor: int = -1  # highest position claimed fresh
     fresh_exhausted: bool = False
     next_retry_at: datetime | None = None
-    held: int = 0  # recipients taken by senders (admission or call)
     in_call: int = 0  # provider calls under way (their outcome not yet buffered)
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while in_call == 0
     unrecorded: int = 0  # claimed and neither written nor released

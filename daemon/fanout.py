@@ -215,7 +215,7 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
     async def _fill(self) -> None:
         room = self.sizes.window - self._unrecorded()
         batch = self.sizes.claim_batch
-        low_water = max(1, batch // 2)
+        low_water = self.sizes.low_water
         wanted: list[tuple[str, int, int]] = []
         for run in self.runs.values():
             if room < 1:
@@ -238,6 +238,8 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
                 short = self.runs.get(run_id)
                 if short is not None and got.get(run_id, 0) < n:
                     short.fresh_exhausted = True
+                elif short is not None and len(short.queue) < low_water:
+                    self._feeder_wake.set()  # one batch per statement: claim again at once
         due = [run.id for run in self.runs.values()
                if run.state in (RunState.WAITING, RunState.ACTIVE)
                and run.next_retry_at is not None and run.next_retry_at <= now]
@@ -281,22 +283,29 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
 
     # -- recipients out: senders ------------------------------------------------------------
 
+    def _take_now(self) -> tuple[RunExecution, Claimed] | None:
+        """The next recipient, round-robin between the active runs, if one is queued."""
+        while self._ready:
+            run = self._ready.popleft()
+            if run.state is not RunState.ACTIVE or not run.queue:
+                run.ready = False
+                continue
+            recipient = run.queue.popleft()
+            if run.queue:
+                self._ready.append(run)
+            else:
+                run.ready = False
+            if len(run.queue) < self.sizes.low_water:
+                self._feeder_wake.set()
+            return run, recipient
+        return None
+
     async def _take(self) -> tuple[RunExecution, Claimed] | None:
-        """The next recipient, round-robin between the active runs."""
+        """The next recipient (waiting for one); None once the worker stops."""
         while not self.stopping:
-            while self._ready:
-                run = self._ready.popleft()
-                if run.state is not RunState.ACTIVE or not run.queue:
-                    run.ready = False
-                    continue
-                recipient = run.queue.popleft()
-                if run.queue:
-                    self._ready.append(run)
-                else:
-                    run.ready = False
-                if len(run.queue) < max(1, self.sizes.claim_batch // 2):
-                    self._feeder_wake.set()
-                return run, recipient
+            item = self._take_now()
+            if item is not None:
+                return item
             self._work.clear()
             await self._work.wait()
         return None
@@ -304,13 +313,8 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
     async def _sender(self) -> None:
         task = asyncio.current_task()
         assert task is not None
-        while (item := await self._take()) is not None:
-            run, recipient = item
-            run.held += 1
-            try:
-                await self._deliver(run, recipient, task)
-            finally:
-                run.held -= 1
+        while await self.send_one(task):
+            pass
 
     def _give_back(self, run: RunExecution, recipient: Claimed) -> None:
         """A recipient taken but not sent: back to its run's queue; released at a stop; left

@@ -166,6 +166,12 @@ class PipelineSizes:
     claim_batch: int  # recipients claimed per run per query
     flush_batch: int  # outcomes per write (also written every checkpoint_interval)
     window: int  # claimed and not yet recorded, at most
+    low_water: int  # a run's queue is refilled below this (QUEUED_BATCHES claims ahead)
+
+
+# Claimed recipients queued ahead of the senders, in batches (300 ms of the rate): claims
+# that are slow for a moment (a busy database) do not leave the senders idle.
+QUEUED_BATCHES = 3
 
 
 def pipeline_sizes(rate: int | None, provider_concurrency: int) -> PipelineSizes:
@@ -174,7 +180,8 @@ def pipeline_sizes(rate: int | None, provider_concurrency: int) -> PipelineSizes
     Senders: enough for 2 s of calls at the rate (calls that take up to 2 s keep the rate),
     never more than the provider's concurrency. Claims and writes: 100 ms of the rate, 10 to
     250 rows (small batches keep each statement's encoding and decoding from stalling the
-    loop, which would show as jitter in the pace).
+    loop, which would show as jitter in the pace). The window: the senders' recipients,
+    the queued batches and one batch of outcomes being written.
     """
     if rate is None:
         senders = min(provider_concurrency, 512)
@@ -183,4 +190,5 @@ def pipeline_sizes(rate: int | None, provider_concurrency: int) -> PipelineSizes
         senders = max(1, min(provider_concurrency, 512, math.ceil(rate * 2) + 1))
         batch = max(10, min(250, math.ceil(rate / 10)))
     return PipelineSizes(senders=senders, claim_batch=batch, flush_batch=batch,
-                         window=senders + 2 * batch)
+                         window=senders + (QUEUED_BATCHES + 1) * batch,
+                         low_water=(QUEUED_BATCHES - 1) * batch)

@@ -1,15 +1,17 @@
 """One provider call of a campaign worker: admission, the call, its outcome.
 
-Admission takes, in this order and under the campaign pacer's turn (first come, first
-served): the pacer's slot, the provider's pause (429 + Retry-After), its own rate slot
-and a concurrency slot, then the pacer's window check. Last of all, with no await in
-between, the check that the run is still active, before its deadline and under a valid
-lease: then the call starts. A recipient that does not get that far is given back.
+Under the campaign pacer's turn (first come, first served): the pacer's slot, then the
+recipient (round-robin between the campaign's runs), its message rendered, the
+provider's pause (429 + Retry-After), its own rate slot and a concurrency slot, then the
+pacer's window check. Last of all, with no await in between, the check that the run is
+still active, before its deadline and under a valid lease: then the call starts. A
+recipient that does not get that far is given back.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -18,7 +20,7 @@ from daemon import delivery
 from daemon.clock import Clock
 from daemon.delivery import RunExecution
 from daemon.errors import PermanentError, ProviderError, TransientError
-from daemon.providers.base import SendResult
+from daemon.providers.base import Message, Provider, SendResult
 from daemon.ratelimit import Pacer, ProviderGate
 from daemon.store.engine import Campaign
 from daemon.store.recipients import Claimed, OutcomeRow
@@ -26,6 +28,17 @@ from daemon.templates import CompiledContent, RenderError
 
 if TYPE_CHECKING:
     from daemon.fanout import WorkerServices
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A call admitted: it starts now."""
+
+    run: RunExecution
+    recipient: Claimed
+    message: Message
+    provider: Provider
+    gate: ProviderGate
 
 
 class ProviderCalls:
@@ -49,6 +62,9 @@ class ProviderCalls:
         def _give_back(self, run: RunExecution, recipient: Claimed) -> None:
             ...
 
+        async def _take(self) -> tuple[RunExecution, Claimed] | None:
+            ...
+
         def _record(self, outcome: OutcomeRow) -> None:
             ...
 
@@ -58,28 +74,85 @@ class ProviderCalls:
         def note_dead_tokens(self, profile_id: str, tokens: tuple[str, ...]) -> None:
             ...
 
-    async def _deliver(self, run: RunExecution, recipient: Claimed,
-                       task: asyncio.Task[None]) -> None:
+    async def send_one(self, task: asyncio.Task[None]) -> bool:
+        """Take the next recipient and make its call; False once the worker stops.
+
+        A paced campaign's sender picks the recipient (round-robin between its runs) only
+        once it holds the pacer's turn, right before the slot: the run served is the one
+        whose turn it is when the slot comes, however many senders wait, so the runs share
+        the rate fairly (a run triggered later gets its share at once)."""
+        if self.pacer is None:
+            item = await self._take()
+            if item is None:
+                return False
+            call = await self._admit(*item, paced=False)
+        else:
+            async with self.pacer.turn():
+                item = await self._take()
+                if item is None:
+                    return False
+                try:
+                    await self.pacer.token()
+                except BaseException:
+                    self._give_back(*item)
+                    raise
+                call = await self._admit(*item, paced=True)
+        if call is not None:
+            await self._call(call, task)
+        return True
+
+    def _prepare(self, run: RunExecution, recipient: Claimed) -> Message | None:
+        """The rendered message; None when there is nothing to send (outcome recorded)."""
         now = self.clock.now()
         if not recipient.subscribed:
             self._record(delivery.unsubscribed(run, recipient, now))
-            return
+            return None
         if self.content is None:  # the run is failing as a whole (the control loop closes it)
             assert self.content_error is not None
             self._record(delivery.render_failure(run, recipient,
                                                  RenderError(self.content_error), now))
-            return
+            return None
         try:
-            message = delivery.build_message(
+            return delivery.build_message(
                 run, recipient, self.content, self.campaign.channel, self.services.delivery,
                 self.services.unsubscribe_key)
         except RenderError as exc:
             self._record(delivery.render_failure(run, recipient, exc, now))
-            return
+            return None
+
+    async def _admit(self, run: RunExecution, recipient: Claimed, *, paced: bool
+                     ) -> _Call | None:
+        """Prepare the message and take the provider's gates (and, paced, the window check);
+        a call to start now, holding a concurrency slot, or None (the recipient was given
+        back, or its outcome recorded)."""
+        if not self.may_call(run):
+            self._give_back(run, recipient)
+            return None
+        message = self._prepare(run, recipient)
+        if message is None:
+            return None
         provider = self.services.providers.for_channel(self.campaign.channel)
         gate = self.services.gates.gate(provider.name, provider.settings)
-        if not await self._admit(run, gate, recipient):
-            return
+        holding = admitted = False
+        try:
+            await self._provider_gates(gate)
+            holding = True
+            if paced:
+                assert self.pacer is not None
+                await self.pacer.window()
+            admitted = self.may_call(run)  # the last check: no await from here to the call
+            if admitted and paced:
+                assert self.pacer is not None
+                self.pacer.record()
+        finally:
+            if not admitted:
+                if holding:
+                    gate.semaphore.release()
+                self._give_back(run, recipient)
+        return _Call(run, recipient, message, provider, gate) if admitted else None
+
+    async def _call(self, call: _Call, task: asyncio.Task[None]) -> None:
+        run, provider, gate = call.run, call.provider, call.gate
         self._calling.add(task)
         run.call_started()
         try:
@@ -87,11 +160,11 @@ class ProviderCalls:
             result: SendResult | None = None
             error: ProviderError | None = None
             try:
-                result = await provider.send(message)
+                result = await provider.send(call.message)
             except ProviderError as exc:
                 error = exc
             except asyncio.CancelledError:
-                self._abandoned += 1  # stays marked in flight: sent again after a restart
+                self._abandoned += 1  # stays claimed: sent again after a restart
                 raise
             except Exception as exc:  # a provider bug must not lose the recipient: retry it
                 self.log.exception("provider.error", provider=provider.name, run_id=run.id)
@@ -101,44 +174,9 @@ class ProviderCalls:
                 self._calling.discard(task)
             self._metric("latency", provider.name).observe(self.clock.monotonic() - began)
             run.calls += 1
-            self._outcome(run, recipient, provider.name, gate, result, error)
+            self._outcome(run, call.recipient, provider.name, gate, result, error)
         finally:
             run.call_ended()
-
-    async def _admit(self, run: RunExecution, gate: ProviderGate, recipient: Claimed) -> bool:
-        """Take the campaign pacer's slot and the provider's gates. True: the call starts now,
-        holding a provider concurrency slot. False: the recipient was given back."""
-        admitted = False
-        try:
-            if not self.may_call(run):
-                return False
-            if self.pacer is None:
-                await self._provider_gates(gate)
-                admitted = self._last_check(run, gate)
-                return admitted
-            async with self.pacer.turn():
-                if not self.may_call(run):  # closed while queued: make way at once
-                    return False
-                await self.pacer.token()
-                await self._provider_gates(gate)
-                try:
-                    await self.pacer.window()
-                except BaseException:
-                    gate.semaphore.release()
-                    raise
-                admitted = self._last_check(run, gate)
-                if admitted:
-                    self.pacer.record()
-                return admitted
-        finally:
-            if not admitted:
-                self._give_back(run, recipient)
-
-    def _last_check(self, run: RunExecution, gate: ProviderGate) -> bool:
-        if self.may_call(run):
-            return True
-        gate.semaphore.release()
-        return False
 
     async def _provider_gates(self, gate: ProviderGate) -> None:
         """Wait out a pause, take the provider's rate slot and a concurrency slot."""

@@ -134,7 +134,8 @@ def test_the_pipeline_sizes_stay_within_their_bounds(rate: int | None, concurren
     sizes = planner.pipeline_sizes(rate, concurrency)
     assert 1 <= sizes.senders <= concurrency
     assert 10 <= sizes.claim_batch <= 250
-    assert sizes.window == sizes.senders + 2 * sizes.claim_batch
+    assert sizes.window == sizes.senders + 4 * sizes.claim_batch
+    assert sizes.low_water == 2 * sizes.claim_batch
 
 
 def test_eta() -> None:
