@@ -98,7 +98,8 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
                   force: asyncio.Event) -> None:
         """Run until there is no work left, or until `stop`; then drain within `grace()`
         seconds (or until `force`), write every outcome and release unstarted claims."""
-        self.log.info("worker.started", senders=self.sizes.senders, window=self.sizes.window)
+        self.log.info("worker.started", senders=self.sizes.senders, window=self.sizes.window,
+                      duplicate_bound=self.sizes.duplicate_bound)
         async with asyncio.TaskGroup() as group:
             self.group = group
             recorder = group.create_task(self.recorder.run(), name=f"recorder:{self.campaign.id}")

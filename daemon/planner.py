@@ -159,7 +159,9 @@ class PipelineSizes:
     """How many recipients a campaign worker claims, sends and writes at once.
 
     `window` bounds the recipients claimed (durably marked in flight) but not yet
-    recorded: after a crash, at most `window` recipients are sent again.
+    recorded: after a crash, at most `window` recipients are sent again, of which at most
+    `duplicate_bound` had been sent (a call starts only while fewer than `unwritten`
+    outcomes wait to be written).
     """
 
     senders: int  # send coroutines (calls in flight at most)
@@ -167,6 +169,13 @@ class PipelineSizes:
     flush_batch: int  # outcomes per write (also written every checkpoint_interval)
     window: int  # claimed and not yet recorded, at most
     low_water: int  # a run's queue is refilled below this (QUEUED_BATCHES claims ahead)
+    unwritten: int  # outcomes not yet written, at most: calls wait beyond (backpressure)
+
+    @property
+    def duplicate_bound(self) -> int:
+        """After a crash, the recipients sent and not recorded, at most: the calls in flight
+        and the outcomes not yet written."""
+        return self.senders + self.unwritten
 
 
 # Claimed recipients queued ahead of the senders, in batches (300 ms of the rate): claims
@@ -191,4 +200,4 @@ def pipeline_sizes(rate: int | None, provider_concurrency: int) -> PipelineSizes
         batch = max(10, min(250, math.ceil(rate / 10)))
     return PipelineSizes(senders=senders, claim_batch=batch, flush_batch=batch,
                          window=senders + (QUEUED_BATCHES + 1) * batch,
-                         low_water=(QUEUED_BATCHES - 1) * batch)
+                         low_water=(QUEUED_BATCHES - 1) * batch, unwritten=2 * batch)

@@ -123,6 +123,7 @@ class Recorder:
         self._urgent = asyncio.Event()  # full batch, flush request or stop: write now
         self._idle = asyncio.Event()
         self._idle.set()
+        self._written = asyncio.Event()  # set after each write
         self._stopping = False
         self._log = log.bind(campaign_id=campaign_id)
 
@@ -137,6 +138,14 @@ class Recorder:
             self._wake.set()  # start the checkpoint timer
         if len(self._buffer) >= self._batch_size:
             self._urgent.set()
+
+    async def room(self, limit: int) -> None:
+        """Wait while `limit` outcomes or more wait to be written (backpressure: a call may
+        start only while what a crash could leave unrecorded stays bounded)."""
+        while len(self._buffer) >= limit:
+            self._urgent.set()
+            self._written.clear()
+            await self._written.wait()
 
     def request_flush(self) -> None:
         """Write what is buffered without waiting for the interval."""
@@ -174,6 +183,7 @@ class Recorder:
                 batch = self._buffer[: self._batch_size]
                 await self._write(batch)
                 del self._buffer[: len(batch)]
+                self._written.set()
 
     async def _wait_urgent(self, seconds: float) -> None:
         if self._urgent.is_set():

@@ -28,6 +28,8 @@ from daemon.templates import CompiledContent, RenderError
 
 if TYPE_CHECKING:
     from daemon.fanout import WorkerServices
+    from daemon.planner import PipelineSizes
+    from daemon.report import Recorder
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,8 @@ class ProviderCalls:
     pacer: Pacer | None
     content: CompiledContent | None
     content_error: str | None
+    recorder: Recorder
+    sizes: PipelineSizes
     _calling: set[asyncio.Task[None]]  # senders inside a provider call
     _abandoned: int  # calls cut by a forced stop
     _metric_children: dict[tuple[str, str], Any]
@@ -81,6 +85,7 @@ class ProviderCalls:
         once it holds the pacer's turn, right before the slot: the run served is the one
         whose turn it is when the slot comes, however many senders wait, so the runs share
         the rate fairly (a run triggered later gets its share at once)."""
+        await self.recorder.room(self.sizes.unwritten)
         if self.pacer is None:
             item = await self._take()
             if item is None:

@@ -127,7 +127,7 @@ async def test_sigterm_mid_run_then_restart_sends_each_recipient_exactly_once(
     assert not daemon.events("run.recovered")  # a graceful stop leaves nothing in flight
 
 
-async def test_kill_9_mid_run_loses_no_one_and_duplicates_stay_within_the_window(
+async def test_kill_9_mid_run_loses_no_one_and_duplicates_stay_within_the_bound(
     daemon_factory: DaemonFactory, gateway: Gateway
 ) -> None:
     count = 200
@@ -137,7 +137,7 @@ async def test_kill_9_mid_run_loses_no_one_and_duplicates_stay_within_the_window
     async with daemon.client() as http:
         run_id = await _launch(http, count, rate=40)
     await gateway.wait_for(60)
-    window = daemon.events("worker.started")[0]["window"]
+    window = daemon.events("worker.started")[0]["duplicate_bound"]
     await daemon.kill()
     killed = len(gateway.arrivals)
     started = time.monotonic()
@@ -176,7 +176,7 @@ async def test_two_daemons_the_lease_holder_killed_the_other_takes_over(
     assert report["counts"]["sent"] == count and _balanced(report)
     keys = gateway.keys()
     assert len(keys) == count
-    window = holder.events("worker.started")[0]["window"]
+    window = holder.events("worker.started")[0]["duplicate_bound"]
     assert sum(keys.values()) - count <= window
     assert other.events("lease.acquired")
     resumed = gateway.arrivals[killed][0] - killed_at

@@ -5,9 +5,9 @@ Asserted in ratios and window counts, with the tolerances a loaded 2-core box ne
   strictly;
 - where the calls arrive: the achieved rate within 1.5 % under the configured one (the
   pacer runs 0.5 % under it; a stall of the test box costs the rest) and never over it;
-  the lower bound only when the test's event loop was not starved of CPU (p99 lag under
-  15 ms): a box busy with other work cannot keep any rate, and that is not the pacer's
-  doing;
+  the lower bound only when the test's event loop was not starved of CPU (1 ms timers
+  late by under 5 ms at p99 and 50 ms at most): a box busy with other work cannot keep
+  any rate, and that is not the pacer's doing;
   no one-second window above the rate by more than 2 % + 1 (the arrival jitter of a
   loaded box: up to ~15 ms between a slot and its arrival); no micro-burst: no 100 ms
   window above twice its share of the rate (+ the same jitter allowance).
@@ -119,10 +119,10 @@ async def test_the_rate_holds_where_the_calls_arrive(
     jitter = rate * 0.02 + 1
     assert ratio <= 1.0
     lags.sort()
-    starved = lags[int(len(lags) * 0.99)] > 0.015
-    if starved:
-        print(f"loop starved (p99 lag {lags[int(len(lags) * 0.99)] * 1000:.0f} ms): "
-              "the achieved rate's lower bound is not checked")
+    p99, worst = lags[int(len(lags) * 0.99)], lags[-1]
+    print(f"loop lag p99 {p99 * 1000:.1f} ms, max {worst * 1000:.1f} ms")
+    if p99 > 0.005 or worst > 0.05:
+        print("the loop was starved of CPU: the achieved rate's lower bound is not checked")
     else:
         assert ratio >= 0.985
     assert max_in_window(times, 1.0) <= rate + jitter

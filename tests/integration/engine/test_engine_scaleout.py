@@ -100,7 +100,7 @@ async def test_a_dead_holder_is_taken_over_after_its_lease_expires(
     keys = Counter(gateway.keys())
     assert len(keys) == 80
     duplicates = sum(keys.values()) - 80
-    window = planner.pipeline_sizes(20, 64).window
+    window = planner.pipeline_sizes(20, 64).duplicate_bound
     print(f"\n{duplicates} sent twice after the crash (bound: {window})")
     assert duplicates <= window
     resumed = gateway.arrivals[calls_at_crash].at if len(gateway.arrivals) > calls_at_crash \

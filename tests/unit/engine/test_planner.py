@@ -136,6 +136,7 @@ def test_the_pipeline_sizes_stay_within_their_bounds(rate: int | None, concurren
     assert 10 <= sizes.claim_batch <= 250
     assert sizes.window == sizes.senders + 4 * sizes.claim_batch
     assert sizes.low_water == 2 * sizes.claim_batch
+    assert sizes.duplicate_bound == sizes.senders + 2 * sizes.flush_batch
 
 
 def test_eta() -> None:

@@ -106,3 +106,22 @@ async def test_flush_now_returns_once_everything_is_written(writes: FakeWrites) 
     assert writes.batches == [[1, 2]]
     recorder.stop()
     await task
+
+
+async def test_calls_wait_while_too_many_outcomes_are_unwritten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeWrites(failures=2)  # the database is away for a moment
+    monkeypatch.setattr(report, "write_batch", fake)
+    recorder = Recorder(None, FakeClock(NOW), interval=3600, batch_size=2,  # type: ignore[arg-type]
+                        on_flushed=lambda _: None, campaign_id="c")
+    recorder.add(_outcome(1))
+    recorder.add(_outcome(2))
+    waiter = asyncio.create_task(recorder.room(2))
+    await asyncio.sleep(0)
+    assert not waiter.done()  # two unwritten: no room for another call
+    task = asyncio.create_task(recorder.run())
+    await asyncio.wait_for(waiter, 5)  # room again once they are written
+    assert fake.batches == [[1, 2]]
+    recorder.stop()
+    await task
