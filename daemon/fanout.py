@@ -39,6 +39,8 @@ from daemon.templates import CompiledContent, TemplateProblem
 
 log = get_logger(__name__)
 
+SENDER_IDLE = 1.0  # a sender with nothing to send for this long ends
+
 
 class ProviderSource(Protocol):
     """Where the worker finds the provider of a channel (the registry)."""
@@ -87,9 +89,10 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
         self._work = asyncio.Event()
         self._feeder_wake = asyncio.Event()
         self._calling: set[asyncio.Task[None]] = set()  # senders inside a provider call
-        self._senders: list[asyncio.Task[None]] = []
+        self._senders: set[asyncio.Task[None]] = set()
         self._unstarted: list[tuple[str, int]] = []  # claims to release at stop
         self._metric_children: dict[tuple[str, str], Any] = {}
+        self._sender_number = 0
         self._abandoned = 0
 
     # -- the task tree ----------------------------------------------------------------------
@@ -108,10 +111,6 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
             activator = group.create_task(self.activator_loop(),
                                           name=f"activator:{self.campaign.id}")
             feeder = group.create_task(self._feed_loop(), name=f"feeder:{self.campaign.id}")
-            self._senders = [
-                group.create_task(self._sender(), name=f"sender:{self.campaign.id}:{n}")
-                for n in range(self.sizes.senders)
-            ]
             stopper = group.create_task(stop.wait(), name=f"stop:{self.campaign.id}")
             await asyncio.wait([control, stopper], return_when=asyncio.FIRST_COMPLETED)
             self.stopping = True
@@ -134,10 +133,11 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
         """Senders not in a provider call stop now; those in a call finish (and record their
         outcome) within `grace`, unless `force` comes first. Queued claims are released."""
         self._work.set()
-        for task in self._senders:
+        senders = list(self._senders)
+        for task in senders:
             if task not in self._calling:
                 task.cancel()
-        remaining = {task for task in self._senders if task in self._calling}
+        remaining = {task for task in senders if task in self._calling}
         if remaining:
             forced = asyncio.ensure_future(force.wait())
             with contextlib.suppress(TimeoutError):
@@ -147,9 +147,9 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
                                                      return_when=asyncio.FIRST_COMPLETED)
                         remaining -= done
             forced.cancel()
-        for task in self._senders:
+        for task in senders:
             task.cancel()
-        await asyncio.gather(*self._senders, return_exceptions=True)
+        await asyncio.gather(*senders, return_exceptions=True)
         for run in self.runs.values():
             self._unstarted.extend((run.id, c.position) for c in run.queue)
             run.queue.clear()
@@ -281,6 +281,21 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
             run.ready = True
             self._ready.append(run)
             self._work.set()
+            self.staff()
+
+    def staff(self) -> None:
+        """Start a sender when work is queued and every sender is in a call (up to the
+        maximum): the pool is as large as the calls under way, plus one, and a campaign with
+        nothing to send has none (thousands of small campaigns cost no idle tasks)."""
+        if self.stopping or self.group is None or not self._ready:
+            return
+        if len(self._senders) > len(self._calling) or len(self._senders) >= self.sizes.senders:
+            return
+        task = self.group.create_task(
+            self._sender(), name=f"sender:{self.campaign.id}:{self._sender_number}")
+        self._sender_number += 1
+        self._senders.add(task)
+        task.add_done_callback(self._senders.discard)
 
     # -- recipients out: senders ------------------------------------------------------------
 
@@ -302,13 +317,16 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
         return None
 
     async def _take(self) -> tuple[RunExecution, Claimed] | None:
-        """The next recipient (waiting for one); None once the worker stops."""
+        """The next recipient (waiting a moment for one); None when the sender should end:
+        the worker stops, or there has been nothing to send for SENDER_IDLE seconds."""
         while not self.stopping:
             item = self._take_now()
             if item is not None:
                 return item
             self._work.clear()
-            await self._work.wait()
+            await self.wait(self._work, SENDER_IDLE)
+            if not self._work.is_set():
+                return None
         return None
 
     async def _sender(self) -> None:

@@ -72,6 +72,9 @@ class ProviderCalls:
         def _record(self, outcome: OutcomeRow) -> None:
             ...
 
+        def staff(self) -> None:
+            ...
+
         def note_provider_error(self, provider: str, error: ProviderError, run_id: str) -> None:
             ...
 
@@ -159,6 +162,7 @@ class ProviderCalls:
     async def _call(self, call: _Call, task: asyncio.Task[None]) -> None:
         run, provider, gate = call.run, call.provider, call.gate
         self._calling.add(task)
+        self.staff()  # more work queued: another sender takes it while this one calls
         run.call_started()
         try:
             began = self.clock.monotonic()
