@@ -63,6 +63,9 @@ class RunClosing:
                 continue
             if run.next_retry_at is not None and run.next_retry_at > now:
                 continue
+            if run.counts.get("pending") == 0:  # as of the last write: every outcome is in
+                self.begin_close(run)
+                continue
             pending, next_retry = await recipient_store.retry_state(self.services.pool, run.id)
             if pending == 0:
                 self.begin_close(run)
@@ -88,10 +91,9 @@ class RunClosing:
             closed: list[engine_store.ClosedRun | None] = []
 
             async def close() -> None:
-                async with self.services.pool.acquire() as conn:
-                    closed.append(await engine_store.close_run(
-                        conn, run.id, self.campaign.id, now=self.clock.now(),
-                        exclude_as=exclude_as, fail_reason=fail_reason))
+                closed.append(await engine_store.close_run(
+                    self.services.pool, run.id, self.campaign.id, now=self.clock.now(),
+                    exclude_as=exclude_as, fail_reason=fail_reason))
 
             await self.retrying(close, "close_run")
             result = closed[-1]
@@ -106,7 +108,8 @@ class RunClosing:
             self._finished(run, result, exclude_as)
         finally:
             self._closing.pop(run.id, None)
-            self.wake_control()
+            if not self.runs and not self._closing:
+                self.wake_control()  # perhaps nothing left to do: the worker may end
 
     def _finished(self, run: RunExecution, result: engine_store.ClosedRun,
                   exclude_as: ExclusionReason | None) -> None:

@@ -226,24 +226,25 @@ class Engine:
         self.scheduler.wake()
         for worker in self._workers.values():
             if worker is not None:
-                worker.wake_control()
+                worker.poke()
 
     def _control(self, run_id: str) -> None:
         """A NOTIFY on the control channel (cancel, stop): the worker holding it re-reads."""
         for worker in self._workers.values():
             if worker is not None and (run_id in worker.runs or not run_id):
-                worker.wake_control()
+                worker.poke()
                 return
         for worker in self._workers.values():  # not known yet (starting): everyone looks
             if worker is not None:
-                worker.wake_control()
+                worker.poke()
 
-    def start_worker(self, campaign_id: str) -> None:
-        """The scheduler found work for this campaign: poke its worker, or start one."""
+    def start_worker(self, campaign_id: str, new_runs: bool) -> None:
+        """The scheduler found work for this campaign: start a worker, or tell the running
+        one (if there are new runs to start)."""
         if campaign_id in self._workers:
             worker = self._workers[campaign_id]
-            if worker is not None:
-                worker.wake_control()
+            if worker is not None and new_runs:
+                worker.poke()
             return
         if self._group is None or self._stop.is_set():
             return
@@ -318,7 +319,7 @@ class Engine:
                     lease.lose()  # taken over: its worker logs lease.lost and stops
                     worker = self._workers.get(campaign_id)
                     if worker is not None:
-                        worker.wake_control()
+                        worker.poke()
 
 
 def stage(ctx: AppContext) -> Engine:

@@ -34,13 +34,16 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-# A worker takes scheduled runs this long before their start, and freezes each just early
-# enough: MIN_LEAD before its start, plus its size at FREEZE_ROWS_PER_SECOND (a
-# conservative rate for the INSERT ... SELECT), so the first call can go at the start.
-HORIZON = 30.0
+# A worker takes a scheduled run ahead of its start (store.engine._PREPARE_AT) and freezes
+# it just early enough: MIN_LEAD before its start, plus its size at FREEZE_ROWS_PER_SECOND
+# (a conservative rate for the INSERT ... SELECT), so the first call can go at the start.
 MIN_LEAD = 0.5
-FREEZE_ROWS_PER_SECOND = 100_000
-CONTROL_TICK = 0.5  # cancel requests and new runs are polled at least this often
+FREEZE_ROWS_PER_SECOND = engine_store.FREEZE_ROWS_PER_SECOND
+# Runs are re-read at least this often: a fallback, since a NOTIFY (new run, cancel) wakes
+# the worker at once, and deadlines and starts have their own timers.
+CONTROL_TICK = 2.0
+MIN_READ_INTERVAL = 0.025  # a burst of pokes (triggers) makes one read per interval
+PARALLEL_STARTS = 4  # runs frozen at once by a worker (connections of the pool)
 PROGRESS_EVERY = 10.0  # run.progress period
 IDLE_EXIT = 2.0  # a worker with nothing to do for this long ends (and frees its lease)
 DB_RETRY_MAX = 5.0
@@ -67,6 +70,7 @@ class CampaignRuns(RunClosing):
             "id": campaign.id, "name": campaign.name, "channel": campaign.channel.value}
         self.group: asyncio.TaskGroup | None = None
         self._control_wake = asyncio.Event()
+        self._refresh_wanted = False
         self._activation_wake = asyncio.Event()
         self._start_queue: dict[str, RunRow] = {}
         self._freeze_at: dict[str, datetime] = {}  # run id -> when to freeze it
@@ -155,28 +159,35 @@ class CampaignRuns(RunClosing):
 
     # -- control ------------------------------------------------------------------------------
 
+    def poke(self) -> None:
+        """Something changed in the database (a NOTIFY: new run, cancel): re-read it now."""
+        self._refresh_wanted = True
+        self._control_wake.set()
+
     async def control_loop(self) -> None:
-        """Returns when the worker should end: nothing left to do, or the lease is lost."""
-        await self.retrying(self._adopt, "adopt")
+        """Returns when the worker should end: nothing left to do, or the lease is lost.
+
+        The database is read at start (adopting the runs a previous holder left running),
+        when poked, and every CONTROL_TICK; other wakes only re-check the local state."""
+        next_read = last_read = float("-inf")
         while True:
             if not self.lease.valid():
                 self.log.warning("lease.lost", runs=sorted(self.runs))
                 return
-            await self.retrying(self._refresh, "refresh")
+            mono = self.clock.monotonic()
+            if (self._refresh_wanted and mono >= last_read + MIN_READ_INTERVAL) \
+                    or mono >= next_read:
+                self._refresh_wanted = False
+                last_read, next_read = mono, mono + CONTROL_TICK
+                await self.retrying(self._refresh, "refresh")
             self._tick()
             if self._idle_long_enough():
                 return
-            await self.wait(self._control_wake, self._control_timeout())
+            now = self.clock.monotonic()
+            until_read = (last_read + MIN_READ_INTERVAL if self._refresh_wanted
+                          else next_read) - now
+            await self.wait(self._control_wake, min(self._control_timeout(), until_read))
             self._control_wake.clear()
-
-    async def _adopt(self) -> None:
-        """Take over the runs left running (by a previous holder, or by us before a restart)."""
-        now = self.clock.now()
-        rows = await engine_store.campaign_runs(self.services.pool, self.campaign.id,
-                                                now + timedelta(seconds=HORIZON))
-        running = [row for row in rows if row.status is RunStatus.RUNNING]
-        if running:
-            await self._resume(running)
 
     async def _resume(self, rows: list[RunRow]) -> None:
         ids = [row.id for row in rows]
@@ -225,9 +236,11 @@ class CampaignRuns(RunClosing):
         self.mark_ready(run)
 
     async def _refresh(self) -> None:
+        """Read the campaign's runs: adopt running ones we do not know (left by a previous
+        holder: their claims are dropped, those recipients sent again), queue scheduled
+        ones due to start, close cancelled ones."""
         now = self.clock.now()
-        rows = await engine_store.campaign_runs(self.services.pool, self.campaign.id,
-                                                now + timedelta(seconds=HORIZON))
+        rows = await engine_store.campaign_runs(self.services.pool, self.campaign.id, now)
         unknown: list[RunRow] = []
         seen: set[str] = set()
         for row in rows:
@@ -285,13 +298,15 @@ class CampaignRuns(RunClosing):
                       deadline=run.row.deadline)
 
     def _control_timeout(self) -> float:
+        """Until the next deadline or progress line of a run (at most CONTROL_TICK)."""
         now = self.clock.now()
+        mono = self.clock.monotonic()
         timeout = CONTROL_TICK
         for run in self.runs.values():
-            if run.state is RunState.WAITING:
-                timeout = min(timeout, (run.first_delivery - now).total_seconds())
-            if run.state is RunState.ACTIVE and run.row.deadline is not None:
-                timeout = min(timeout, (run.row.deadline - now).total_seconds())
+            if run.state is RunState.ACTIVE:
+                timeout = min(timeout, run.progress_at + PROGRESS_EVERY - mono)
+                if run.row.deadline is not None:
+                    timeout = min(timeout, (run.row.deadline - now).total_seconds())
         return max(timeout, 0.0)
 
     def _idle_long_enough(self) -> bool:
@@ -307,7 +322,7 @@ class CampaignRuns(RunClosing):
     # -- start ----------------------------------------------------------------------------------
 
     async def starter_loop(self) -> None:
-        """Freeze each due scheduled run when its time comes (see HORIZON), earliest first."""
+        """Freeze each scheduled run taken when its time comes, earliest first."""
         while True:
             self._start_wake.clear()
             for run_id, row in list(self._start_queue.items()):
@@ -317,17 +332,22 @@ class CampaignRuns(RunClosing):
             now = self.clock.now()
             due = sorted((at, run_id) for run_id, at in self._freeze_at.items()
                          if run_id in self._start_queue)
-            if due and due[0][0] <= now:
-                run_id = due[0][1]
-                row = self._start_queue.pop(run_id)
-                self._freeze_at.pop(run_id, None)
-                try:
-                    await self.retrying(functools.partial(self._start, row), "start")
-                finally:
-                    self._starting.discard(run_id)
+            ready = [run_id for at, run_id in due if at <= now][:PARALLEL_STARTS]
+            if ready:
+                # Several small freezes at once (each its own transaction, on its own
+                # connection): a burst of one-recipient triggers starts at database speed.
+                await asyncio.gather(*(self._start_one(run_id) for run_id in ready))
                 continue
             seconds = (due[0][0] - now).total_seconds() if due else None
             await self.wait(self._start_wake, seconds)
+
+    async def _start_one(self, run_id: str) -> None:
+        row = self._start_queue.pop(run_id)
+        self._freeze_at.pop(run_id, None)
+        try:
+            await self.retrying(functools.partial(self._start, row), "start")
+        finally:
+            self._starting.discard(run_id)
 
     async def _plan_freeze(self, row: RunRow) -> None:
         size = row.inline_count
@@ -338,9 +358,8 @@ class CampaignRuns(RunClosing):
 
     async def _start(self, row: RunRow) -> None:
         now = self.clock.now()
-        async with self.services.pool.acquire() as conn:
-            started = await engine_store.start_run(conn, row.id, self.campaign, now=now,
-                                                   time_cap=self.services.time_cap)
+        started = await engine_store.start_run(self.services.pool, row, self.campaign, now=now,
+                                               time_cap=self.services.time_cap)
         if started is None:
             return  # cancelled meanwhile
         counts = started.counts
@@ -360,4 +379,5 @@ class CampaignRuns(RunClosing):
         self._add(run)
         if counts.pending == 0:
             self.begin_close(run)
-        self.wake_control()
+        elif run.row.deadline is not None:
+            self.wake_control()  # its deadline is a new timer for the control loop

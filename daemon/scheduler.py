@@ -2,8 +2,8 @@
 
 It reads, in one query, every campaign with scheduled or running runs and who holds
 its lease, then sleeps until the earliest of: a scheduled run's preparation time
-(`HORIZON` before its start: the worker freezes it
-just early enough), the expiry of a lease another instance holds on
+(ahead of its start by its freeze time and some slack:
+`store.engine._PREPARE_AT`), the expiry of a lease another instance holds on
 a campaign with work (to take over from a dead holder), the end of a windowed
 campaign (which becomes `completed` then), or `MAX_SLEEP`. A NOTIFY (new run,
 cancel), a worker's end or the engine's stop wake it early; it re-reads after
@@ -18,7 +18,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from daemon.clock import Clock
-from daemon.execution import HORIZON
 from daemon.logs import get_logger
 from daemon.report import DB_ERRORS, raise_if_cancelling
 from daemon.store import Pool
@@ -28,19 +27,21 @@ log = get_logger(__name__)
 
 MAX_SLEEP = 30.0
 TAKEOVER_SLACK = 0.05  # look again this long after a foreign lease should have expired
+MIN_PASS_INTERVAL = 0.025  # a burst of NOTIFYs (triggers) makes one pass per interval
 
 
 class Scheduler:
     """Decides when each campaign's runs need a worker on this instance."""
 
     def __init__(self, pool: Pool, clock: Clock, holder: str,
-                 start_worker: Callable[[str], None]) -> None:
+                 start_worker: Callable[[str, bool], None]) -> None:
         self._pool = pool
         self._clock = clock
         self._holder = holder
         self._start_worker = start_worker
         self._wake = asyncio.Event()
         self._announce: set[str] = set()
+        self._told: dict[str, int] = {}  # campaign -> due runs its worker was told about
 
     def wake(self) -> None:
         self._wake.set()
@@ -56,6 +57,7 @@ class Scheduler:
         delay = 0.1
         while True:
             self._wake.clear()
+            began = self._clock.monotonic()
             try:
                 wake_at = await self.scan()
                 delay = 0.1
@@ -64,6 +66,9 @@ class Scheduler:
                 log.warning("scheduler.database_error", error=str(exc), retry_in=delay)
                 wake_at = self._clock.now() + timedelta(seconds=delay)
                 delay = min(delay * 2, 5.0)
+            rest = MIN_PASS_INTERVAL - (self._clock.monotonic() - began)
+            if rest > 0:
+                await self._clock.sleep(rest)
             await self._sleep_until(wake_at)
 
     async def scan(self) -> datetime:
@@ -72,10 +77,10 @@ class Scheduler:
         await self._log_scheduled()
         now = self._clock.now()
         wake_at = now + timedelta(seconds=MAX_SLEEP)
-        for work in await engine_store.due_work(self._pool):
-            prepare_at = (work.next_scheduled - timedelta(seconds=HORIZON)
-                          if work.next_scheduled is not None else None)
-            due = work.running or (prepare_at is not None and prepare_at <= now)
+        told, self._told = self._told, {}
+        for work in await engine_store.due_work(self._pool, now):
+            prepare_at = work.next_scheduled
+            due = work.running or work.due > 0
             if not due:
                 if prepare_at is not None:
                     wake_at = min(wake_at, prepare_at)
@@ -86,7 +91,9 @@ class Scheduler:
                 remaining = (work.lease_remaining or 0.0) + TAKEOVER_SLACK
                 wake_at = min(wake_at, now + timedelta(seconds=remaining))
             else:
-                self._start_worker(work.campaign_id)
+                # A worker already running a campaign is only told when more runs are due.
+                self._start_worker(work.campaign_id, work.due > told.get(work.campaign_id, 0))
+                self._told[work.campaign_id] = work.due
         for campaign_id in await engine_store.complete_ended_campaigns(self._pool, now):
             log.info("campaign.completed", campaign_id=campaign_id, reason="end_at")
         end = await engine_store.next_campaign_end(self._pool)

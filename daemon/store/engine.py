@@ -14,7 +14,7 @@ from typing import Any
 
 from daemon import planner
 from daemon.models import Channel, EndReason, ExclusionReason, RunStatus
-from daemon.store import Connection, Executor, Record, snapshot
+from daemon.store import Executor, Record, snapshot
 from daemon.store.recipients import COUNT_COLUMNS
 
 _COUNTS = ", ".join(COUNT_COLUMNS)
@@ -38,7 +38,8 @@ class CampaignWork:
     """A campaign with runs to execute, and who holds its lease."""
 
     campaign_id: str
-    next_scheduled: datetime | None  # earliest scheduled run
+    next_scheduled: datetime | None  # when to take its next scheduled run
+    due: int  # scheduled runs to take now
     running: bool  # has running runs
     holder: str | None
     lease_remaining: float | None  # seconds (≤ 0: expired)
@@ -86,23 +87,40 @@ async def load_campaign(db: Executor, campaign_id: str) -> Campaign | None:
     )
 
 
-async def due_work(db: Executor) -> list[CampaignWork]:
-    """Every campaign with scheduled or running runs, with its lease."""
+# When a worker should take a scheduled run: early enough to freeze it before its start.
+# Inline recipients are counted at the trigger: 1 s of slack (lease, worker), 0.5 s, and
+# their freeze time; a stored audience is counted by the worker, taken 30 s ahead.
+INLINE_SLACK = 1.5
+AUDIENCE_HORIZON = 30.0
+FREEZE_ROWS_PER_SECOND = 100_000
+_PREPARE_AT = (
+    f"(r.scheduled_for - make_interval(secs => CASE WHEN r.audience_id IS NULL "
+    f"THEN {INLINE_SLACK} + r.inline_count / {FREEZE_ROWS_PER_SECOND}.0 "
+    f"ELSE {AUDIENCE_HORIZON} END))"
+)
+
+
+async def due_work(db: Executor, now: datetime) -> list[CampaignWork]:
+    """Every campaign with scheduled or running runs, with its lease; `next_scheduled` is
+    when its next scheduled run should be taken (see `_PREPARE_AT`), `due` how many should
+    be taken by `now`."""
     rows = await db.fetch(
-        """
+        f"""
         SELECT r.campaign_id,
-               min(r.scheduled_for) FILTER (WHERE r.status = 'scheduled') AS next_scheduled,
+               min({_PREPARE_AT}) FILTER (WHERE r.status = 'scheduled') AS next_scheduled,
+               count(*) FILTER (WHERE r.status = 'scheduled' AND {_PREPARE_AT} <= $1) AS due,
                bool_or(r.status = 'running') AS running,
                l.holder,
                extract(epoch FROM l.expires_at - clock_timestamp())::float8 AS lease_remaining
         FROM runs r LEFT JOIN engine_leases l ON l.campaign_id = r.campaign_id
         WHERE r.status IN ('scheduled', 'running')
         GROUP BY r.campaign_id, l.holder, l.expires_at
-        """
+        """,
+        now,
     )
     return [
-        CampaignWork(row["campaign_id"], row["next_scheduled"], row["running"], row["holder"],
-                     row["lease_remaining"])
+        CampaignWork(row["campaign_id"], row["next_scheduled"], row["due"], row["running"],
+                     row["holder"], row["lease_remaining"])
         for row in rows
     ]
 
@@ -144,18 +162,23 @@ _RUN_COLUMNS = ("id, status, scheduled_for, started_at, deadline, deadline_reaso
                 "rate_per_second, context, cancel_requested_at, audience_id, inline_count")
 
 
-async def campaign_runs(db: Executor, campaign_id: str, horizon: datetime) -> list[RunRow]:
-    """The campaign's running runs and its scheduled runs due by `horizon`, in start order."""
+async def campaign_runs(db: Executor, campaign_id: str, now: datetime) -> list[RunRow]:
+    """The campaign's running runs and the scheduled runs to take now, in start order."""
     rows = await db.fetch(
         f"""
-        SELECT {_RUN_COLUMNS} FROM runs
-        WHERE campaign_id = $1
-          AND (status = 'running' OR (status = 'scheduled' AND scheduled_for <= $2))
-        ORDER BY scheduled_for, id
+        SELECT {_RUN_COLUMNS} FROM runs r
+        WHERE r.campaign_id = $1
+          AND (r.status = 'running' OR (r.status = 'scheduled' AND {_PREPARE_AT} <= $2))
+        ORDER BY r.scheduled_for, r.id
         """,
-        campaign_id, horizon,
+        campaign_id, now,
     )
     return [_run_row(row) for row in rows]
+
+
+async def load_run(db: Executor, run_id: str) -> RunRow | None:
+    row = await db.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.id = $1", run_id)
+    return _run_row(row) if row is not None else None
 
 
 async def audience_size(db: Executor, audience_id: str) -> int:
@@ -181,43 +204,21 @@ class StartedRun:
 
 
 async def start_run(
-    conn: Connection, run_id: str, campaign: Campaign, *, now: datetime, time_cap: float
+    db: Executor, run: RunRow, campaign: Campaign, *, now: datetime, time_cap: float
 ) -> StartedRun | None:
-    """Claim a scheduled run (atomically: `WHERE status = 'scheduled'`), freeze its recipients
-    and set its counts, in one transaction. None if it is no longer scheduled."""
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            f"SELECT {_RUN_COLUMNS} FROM runs "
-            "WHERE id = $1 AND status = 'scheduled' FOR UPDATE",
-            run_id,
-        )
-        if row is None:
-            return None
-        run = _run_row(row)
-        plan = planner.plan_run(scheduled_for=run.scheduled_for, now=now,
-                                rate=run.rate_per_second, time_cap=time_cap,
-                                end_at=campaign.end_at)
-        counts = await snapshot.freeze(
-            conn, run_id, campaign.channel, audience_id=row["audience_id"],
-            capacity=plan.capacity, cap_reason=plan.deadline_reason, now=now,
-        )
-        updated = await conn.fetchrow(
-            f"""
-            UPDATE runs SET status = 'running', started_at = $2, deadline = $3,
-                   deadline_reason = $4, targeted = $5, pending = $6,
-                   excluded_duplicate = $7, excluded_opted_out = $8, excluded_no_address = $9,
-                   excluded_time_cap = $10, excluded_campaign_end = $11
-            WHERE id = $1
-            RETURNING {_RUN_COLUMNS}
-            """,
-            run_id, plan.started_at, plan.deadline,
-            plan.deadline_reason.value if plan.deadline_reason else None,
-            counts.targeted, counts.pending, counts.excluded["duplicate"],
-            counts.excluded["opted_out"], counts.excluded["no_address"],
-            counts.excluded["time_cap"], counts.excluded["campaign_end"],
-        )
-        assert updated is not None
-        return StartedRun(_run_row(updated), plan, counts)
+    """Start a scheduled run (its recipients frozen, its plan and counts set) in one
+    statement; None if it is no longer scheduled (cancelled meanwhile)."""
+    plan = planner.plan_run(scheduled_for=run.scheduled_for, now=now,
+                            rate=run.rate_per_second, time_cap=time_cap, end_at=campaign.end_at)
+    started = await snapshot.start(
+        db, run.id, campaign.channel, audience_id=run.audience_id, started_at=plan.started_at,
+        deadline=plan.deadline, deadline_reason=plan.deadline_reason,
+        capacity=plan.capacity, now=now, returning=_RUN_COLUMNS,
+    )
+    if started is None:
+        return None
+    row, counts = started
+    return StartedRun(_run_row(row), plan, counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,63 +230,67 @@ class ClosedRun:
     campaign_completed: bool  # a one-shot campaign completed with it
 
 
+_MOVE_PENDING = """
+WITH moved AS (
+    UPDATE run_recipients SET status = $2, reason = $3, retry_at = NULL, updated_at = $4
+    WHERE run_id = $1 AND status = 'pending' AND $3::text IS NOT NULL
+      AND EXISTS (SELECT 1 FROM runs WHERE id = $1 AND status = 'running')
+    RETURNING 1
+), n AS (SELECT count(*) AS n FROM moved)
+UPDATE runs r SET pending = r.pending - n.n, {column} = r.{column} + n.n
+FROM n WHERE r.id = $1 AND r.status = 'running'
+RETURNING {counts}, n.n AS moved
+"""
+
+_FINISH = """
+WITH done AS (
+    UPDATE runs SET status = $2, end_reason = $3, finished_at = $4
+    WHERE id = $1 AND status = 'running' AND pending = 0
+    RETURNING id
+), unclaimed AS (
+    DELETE FROM run_claims WHERE run_id = $1 AND EXISTS (SELECT 1 FROM done)
+), completed AS (
+    UPDATE campaigns SET status = 'completed', finished_at = $4, updated_at = $4
+    WHERE id = $5 AND status = 'live' AND end_at IS NULL AND EXISTS (SELECT 1 FROM done)
+      AND NOT EXISTS (SELECT 1 FROM runs WHERE campaign_id = $5 AND id <> $1
+                      AND status IN ('scheduled', 'running'))
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM done) AS done, (SELECT count(*) FROM completed) AS completed
+"""
+
+
 async def close_run(
-    conn: Connection, run_id: str, campaign_id: str, *, now: datetime,
+    db: Executor, run_id: str, campaign_id: str, *, now: datetime,
     exclude_as: ExclusionReason | None = None, fail_reason: str | None = None,
 ) -> ClosedRun | None:
     """End a running run: its pending recipients become excluded (`exclude_as`) or failed
-    (`fail_reason`), its status and end reason are set, and a one-shot campaign completes.
-    With neither, the run must have nothing pending. None if it is not running."""
-    # Same lock order as an outcome write (recipient rows, then the run row) and counts
-    # changed by deltas, so a concurrent write can neither deadlock with this nor be lost.
-    column = "failed"
-    status_to, reason = "failed", fail_reason
+    (`fail_reason`), its status and end reason are set, its claims dropped, and a one-shot
+    campaign completes. With neither, the run must have nothing pending. None if it is not
+    running (or, with neither, still has pending recipients).
+
+    Two statements, each atomic: the first moves the pending recipients and their counts
+    together (the same lock order as an outcome write: recipient rows, then the run row;
+    counts by deltas, so a concurrent write can neither deadlock with it nor be lost); the
+    second ends a run that has nothing pending. A crash between them leaves a running run
+    with nothing pending, which the next holder ends."""
+    column, status_to, reason = "failed", "failed", fail_reason
     if exclude_as is not None:
-        column = f"excluded_{exclude_as.value}"
-        status_to, reason = "excluded", exclude_as.value
-    async with conn.transaction():
-        moved = 0
-        if reason is not None:
-            moved = int((await conn.execute(
-                """
-                UPDATE run_recipients SET status = $2, reason = $3,
-                       retry_at = NULL, updated_at = $4
-                WHERE run_id = $1 AND status = 'pending'
-                  AND EXISTS (SELECT 1 FROM runs WHERE id = $1 AND status = 'running')
-                """,
-                run_id, status_to, reason, now,
-            )).rsplit(" ", 1)[-1])
-        row = await conn.fetchrow(
-            f"""
-            UPDATE runs SET pending = pending - $2, {column} = {column} + $2
-            WHERE id = $1 AND status = 'running'
-            RETURNING {_COUNTS}
-            """,
-            run_id, moved,
-        )
-        if row is None:
-            return None
-        counts = counts_of(row)
-        if counts["pending"]:
-            return None  # not done: the caller closes it later
-        await conn.execute("DELETE FROM run_claims WHERE run_id = $1", run_id)
-        cancelled = exclude_as is ExclusionReason.CANCELLED
-        failed = fail_reason is not None
-        end = planner.end_reason(excluded_of(counts), cancelled=cancelled, failed=failed)
-        status = (RunStatus.FAILED if failed else RunStatus.CANCELLED if cancelled
-                  else RunStatus.COMPLETED)
-        await conn.execute(
-            "UPDATE runs SET status = $2, end_reason = $3, finished_at = $4 WHERE id = $1",
-            run_id, status.value, end.value, now,
-        )
-        completed = await conn.fetchval(
-            """
-            UPDATE campaigns SET status = 'completed', finished_at = $2, updated_at = $2
-            WHERE id = $1 AND status = 'live' AND end_at IS NULL
-              AND NOT EXISTS (SELECT 1 FROM runs
-                              WHERE campaign_id = $1 AND status IN ('scheduled', 'running'))
-            RETURNING id
-            """,
-            campaign_id, now,
-        )
-        return ClosedRun(status, end, counts, moved, completed is not None)
+        column, status_to, reason = f"excluded_{exclude_as.value}", "excluded", exclude_as.value
+    row = await db.fetchrow(_MOVE_PENDING.format(column=column, counts=_COUNTS),
+                            run_id, status_to, reason, now)
+    if row is None:
+        return None
+    counts = counts_of(row)
+    if counts["pending"]:
+        return None  # not done: the caller closes it later
+    cancelled = exclude_as is ExclusionReason.CANCELLED
+    failed = fail_reason is not None
+    end = planner.end_reason(excluded_of(counts), cancelled=cancelled, failed=failed)
+    status = (RunStatus.FAILED if failed else RunStatus.CANCELLED if cancelled
+              else RunStatus.COMPLETED)
+    finished = await db.fetchrow(_FINISH, run_id, status.value, end.value, now, campaign_id)
+    assert finished is not None
+    if not finished["done"]:
+        return None
+    return ClosedRun(status, end, counts, int(row["moved"]), bool(finished["completed"]))

@@ -65,7 +65,7 @@ _INLINE_GIVEN_ROWS = (
 # The CTE chain ending in `decided(position, ..., reason)`: reason NULL = pending.
 # Both windows share one ordering, so a stored audience is sorted (or index-scanned) once.
 _DECIDED = """
-WITH resolved AS ({resolved}),
+resolved AS ({resolved}),
 classified AS (
     SELECT c.*,
            CASE WHEN c.duplicate THEN 'duplicate'
@@ -100,17 +100,6 @@ SELECT count(*) AS targeted,
 FROM {relation}
 """
 
-_INSERT = """,
-inserted AS (
-    INSERT INTO run_recipients (run_id, position, profile_id, email, phone, push_tokens,
-                                attributes, context, status, reason, updated_at)
-    SELECT $1, d.position, d.profile_id, d.email, d.phone, d.push_tokens, d.attributes,
-           d.context, CASE WHEN d.reason IS NULL THEN 'pending' ELSE 'excluded' END,
-           d.reason, CASE WHEN d.reason IS NOT NULL THEN $5::timestamptz END
-    FROM decided d
-    RETURNING reason
-)
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +123,13 @@ def _counts(row: Any) -> SnapshotCounts:
     return SnapshotCounts(int(row["targeted"]), int(row["pending"]), excluded)
 
 
-def _decided(channel: Channel, resolved: str, capacity: str, cap_reason: str) -> str:
+def _decided(channel: Channel, resolved: str, capacity: str, cap_reason: str,
+             first: str = "") -> str:
+    """`WITH [first,] resolved AS (...), ..., decided AS (...)`."""
     subscribed, addressed = _CHANNEL_SQL[channel]
-    return _DECIDED.format(resolved=resolved, subscribed=subscribed, addressed=addressed,
-                           capacity=capacity, cap_reason=cap_reason)
+    return "WITH " + first + _DECIDED.format(
+        resolved=resolved, subscribed=subscribed, addressed=addressed, capacity=capacity,
+        cap_reason=cap_reason)
 
 
 def _resolved(audience: bool, rows: str, source: str) -> str:
@@ -146,28 +138,65 @@ def _resolved(audience: bool, rows: str, source: str) -> str:
     return _INLINE.format(rows=rows.format(source=source))
 
 
-async def freeze(
+# The whole start of a run in one statement: lock it (if still scheduled), insert its
+# recipients, count them, mark it running with its plan and counts.
+_CLAIM_RUN = "run AS (SELECT id FROM runs WHERE id = $1 AND status = 'scheduled' FOR UPDATE),"
+_START = """,
+inserted AS (
+    INSERT INTO run_recipients (run_id, position, profile_id, email, phone, push_tokens,
+                                attributes, context, status, reason, updated_at)
+    SELECT $1, d.position, d.profile_id, d.email, d.phone, d.push_tokens, d.attributes,
+           d.context, CASE WHEN d.reason IS NULL THEN 'pending' ELSE 'excluded' END,
+           d.reason, CASE WHEN d.reason IS NOT NULL THEN $5::timestamptz END
+    FROM decided d
+    WHERE EXISTS (SELECT 1 FROM run)
+    RETURNING reason
+),
+counted AS ({counts}),
+started AS (
+    UPDATE runs r
+    SET status = 'running', started_at = $6, deadline = $7, deadline_reason = $8,
+        targeted = c.targeted, pending = c.pending,
+        excluded_duplicate = c.excluded_duplicate, excluded_opted_out = c.excluded_opted_out,
+        excluded_no_address = c.excluded_no_address, excluded_time_cap = c.excluded_time_cap,
+        excluded_campaign_end = c.excluded_campaign_end
+    FROM counted c
+    WHERE r.id = $1 AND EXISTS (SELECT 1 FROM run)
+    RETURNING {returning}
+)
+SELECT s.*, c.* FROM started s, counted c
+"""
+
+
+async def start(
     db: Executor,
     run_id: str,
     channel: Channel,
     *,
     audience_id: str | None,
+    started_at: datetime,
+    deadline: datetime | None,
+    deadline_reason: ExclusionReason | None,
     capacity: int | None,
-    cap_reason: ExclusionReason | None,
     now: datetime,
-) -> SnapshotCounts:
-    """Insert the run's recipients (pending or excluded) and count them. Call in the
-    transaction that marks the run running and sets its counts."""
+    returning: str,
+) -> tuple[Any, SnapshotCounts] | None:
+    """Start a scheduled run in one statement (atomic: `status = 'scheduled'` is checked
+    under a row lock): its recipients frozen and counted, its plan and counts set. The run's
+    `returning` columns and the counts; None if the run is no longer scheduled."""
     source = "$2"
     resolved = _resolved(audience_id is not None, _INLINE_STORED_ROWS, source)
-    sql = (_decided(channel, resolved, "$3", "$4") + _INSERT
-           + _COUNTS.format(relation="inserted"))
-    # The COUNTS read `reason` only; the inserted rows carry it.
+    sql = (_decided(channel, resolved, "$3", "$4", first=_CLAIM_RUN)
+           + _START.format(counts=_COUNTS.format(relation="inserted"),
+                           returning=", ".join(f"r.{c.strip()}" for c in returning.split(","))))
+    reason = deadline_reason.value if deadline_reason else None
     row = await db.fetchrow(
-        sql, run_id, audience_id if audience_id is not None else run_id, capacity,
-        cap_reason.value if cap_reason else None, now,
+        sql, run_id, audience_id if audience_id is not None else run_id, capacity, reason, now,
+        started_at, deadline, reason,
     )
-    return _counts(row)
+    if row is None:
+        return None
+    return row, _counts(row)
 
 
 async def preview(

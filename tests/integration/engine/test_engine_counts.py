@@ -55,9 +55,8 @@ async def test_random_outcome_batches_keep_the_counts_equal_to_the_rows(
                                     1, None, now if status == "pending" else None, now))
         await write_batch(pool, batch)
         await _check(pool, run_id)
-    async with pool.acquire() as conn:
-        closed = await engine_store.close_run(conn, run_id, "c1", now=now,
-                                              exclude_as=ExclusionReason.CANCELLED)
+    closed = await engine_store.close_run(pool, run_id, "c1", now=now,
+                                          exclude_as=ExclusionReason.CANCELLED)
     assert closed is not None and closed.counts["pending"] == 0
     await _check(pool, run_id)
     assert await pool.fetchval("SELECT status FROM runs WHERE id = $1", run_id) == "cancelled"

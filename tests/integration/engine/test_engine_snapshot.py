@@ -48,8 +48,9 @@ async def test_the_preview_counts_what_the_run_will_freeze(pool: Pool) -> None:
     run_id = await trigger(pool, "c1", audience="a1", scheduled_for=NOW + timedelta(hours=1))
     campaign = await engine_store.load_campaign(pool, "c1")
     assert campaign is not None
-    async with pool.acquire() as conn:
-        started = await engine_store.start_run(conn, run_id, campaign, now=NOW, time_cap=10)
+    run = await engine_store.load_run(pool, run_id)
+    assert run is not None
+    started = await engine_store.start_run(pool, run, campaign, now=NOW, time_cap=10)
     assert started is not None
     assert started.counts.targeted == preview["targeted"]
     assert started.counts.eligible == preview["eligible"]
@@ -84,9 +85,10 @@ async def test_a_large_audience_freezes_in_one_statement_in_flat_memory(pool: Po
     assert campaign is not None
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     began = time.monotonic()
-    async with pool.acquire() as conn:
-        started = await engine_store.start_run(conn, run_id, campaign,
-                                               now=datetime.now(UTC), time_cap=100)
+    run = await engine_store.load_run(pool, run_id)
+    assert run is not None
+    started = await engine_store.start_run(pool, run, campaign, now=datetime.now(UTC),
+                                           time_cap=100)
     seconds = time.monotonic() - began
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     print(f"\nfroze {size} recipients in {seconds:.2f} s ({size / seconds:,.0f}/s); "
