@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.runner import EXIT_MISSING, background_busy_cores, code_version, machine
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per bench; medians")
     parser.add_argument("--only", default=None, help="comma-separated subset of the benches")
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--save", default=None, metavar="DIR",
+                        help="also write each run's JSON to DIR/<bench>-<n>.json as it ends")
     parser.add_argument("--quiet-below", type=float, default=None, metavar="CORES",
                         help="before each bench, wait until fewer than CORES cores are busy "
                              "(up to --patience s): on a shared box, measure in the quiet")
@@ -105,6 +108,10 @@ def main() -> None:
                 wait_quiet(args.quiet_below, args.patience)
             code, document = run_one(name, args.smoke, args.database_url)
             documents.append(document)
+            if args.save:
+                folder = Path(args.save)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{name}-{attempt + 1}.json").write_text(json.dumps(document, indent=2))
             if code == EXIT_MISSING and args.smoke:
                 skipped.append(name)
                 break
