@@ -93,7 +93,7 @@ class RunClosing:
             async def close() -> None:
                 closed.append(await engine_store.close_run(
                     self.services.pool, run.id, self.campaign.id, now=self.clock.now(),
-                    exclude_as=exclude_as, fail_reason=fail_reason))
+                    exclude_as=exclude_as, fail_reason=fail_reason, known=run.counts))
 
             await self.retrying(close, "close_run")
             result = closed[-1]

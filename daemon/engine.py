@@ -118,7 +118,8 @@ class Engine:
         self._grace = ctx.config.server.shutdown_grace
         self._main: asyncio.Task[None] | None = None
         self._group: asyncio.TaskGroup | None = None
-        self.scheduler = Scheduler(ctx.pool, ctx.clock, self.holder, self.start_worker)
+        self.scheduler = Scheduler(ctx.pool, ctx.clock, self.holder, self.start_worker,
+                                   ctx.config.limits.max_inline_recipients)
         self.services: WorkerServices | None = None
         self._lock_file: IO[str] | None = None
 
@@ -256,16 +257,13 @@ class Engine:
         lease: HeldLease | None = None
         try:
             since = self.clock.monotonic()
-            generation = await leases.acquire(self.ctx.pool, campaign_id, self.holder,
-                                              self.lease_ttl)
-            if generation is None:
-                return  # another live instance holds it
+            generation, campaign = await engine_store.take_campaign(
+                self.ctx.pool, campaign_id, self.holder, self.lease_ttl)
+            if generation is None or campaign is None:
+                return  # another live instance holds it (or the campaign is gone)
             lease = HeldLease(self, campaign_id, generation, since)
             self._leases[campaign_id] = lease
             log.info("lease.acquired", campaign_id=campaign_id, generation=generation)
-            campaign = await engine_store.load_campaign(self.ctx.pool, campaign_id)
-            if campaign is None:
-                return
             worker = CampaignWorker(self.services, campaign, lease, self._pacer(campaign_id,
                                     campaign.rate_per_second))
             self._workers[campaign_id] = worker

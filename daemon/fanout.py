@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from daemon import planner
@@ -62,6 +63,22 @@ class WorkerServices:
     unsubscribe_key: bytes | None
     checkpoint_interval: float
     time_cap: float
+    # Compiled templates by (channel, content): campaigns sharing a content compile it once.
+    compiled: dict[tuple[str, str], CompiledContent | str] = field(default_factory=dict)
+
+    def compile(self, campaign: Campaign) -> CompiledContent | str:
+        """The campaign's content compiled (or why it does not compile)."""
+        key = (campaign.channel.value, json.dumps(campaign.content, sort_keys=True))
+        known = self.compiled.get(key)
+        if known is None:
+            try:
+                known = CompiledContent.compile(campaign.channel, campaign.content)
+            except TemplateProblem as exc:
+                known = str(exc)
+            if len(self.compiled) >= 1024:
+                self.compiled.clear()
+            self.compiled[key] = known
+        return known
 
 
 class CampaignWorker(ProviderCalls, CampaignRuns):
@@ -79,12 +96,9 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
             batch_size=self.sizes.flush_batch, on_flushed=self._on_flushed,
             campaign_id=campaign.id,
         )
-        self.content: CompiledContent | None = None
-        self.content_error: str | None = None
-        try:
-            self.content = CompiledContent.compile(campaign.channel, campaign.content)
-        except TemplateProblem as exc:
-            self.content_error = str(exc)
+        compiled = services.compile(campaign)
+        self.content: CompiledContent | None = None if isinstance(compiled, str) else compiled
+        self.content_error: str | None = compiled if isinstance(compiled, str) else None
         self._ready: deque[RunExecution] = deque()
         self._work = asyncio.Event()
         self._feeder_wake = asyncio.Event()

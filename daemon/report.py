@@ -1,9 +1,9 @@
 """Recording outcomes: buffered, written in batches with the runs' counts, never dropped.
 
 Senders hand each outcome to a campaign's `Recorder`. It writes them at least every
-`engine.checkpoint_interval`, and at once when a batch fills: one UPDATE of the
-recipient rows from arrays (`unnest`) and one UPDATE of the runs' counts, in one
-transaction, so a report never sees a recipient counted twice or not at all. The
+`engine.checkpoint_interval`, and at once when a batch fills: one statement updates the
+recipient rows from arrays (`unnest`), drops their claims and moves the runs' counts,
+atomically, so a report never sees a recipient counted twice or not at all. The
 count deltas come from the rows the write actually changed (only pending rows change),
 so a late or repeated outcome cannot unbalance them. A write runs shielded from
 cancellation; a failed write is retried, with its batch kept, until it succeeds or
@@ -55,7 +55,11 @@ class CountDelta:
 
 def count_deltas(applied: Iterable[tuple[str, str, str | None]]) -> dict[str, CountDelta]:
     """Per run, the count changes of the applied (run_id, new status, reason) transitions,
-    each from `pending`. A transition to `pending` (a retry later) changes nothing."""
+    each from `pending`. A transition to `pending` (a retry later) changes nothing.
+
+    The rule the outcome write applies in SQL (`store.recipients._WRITE`), stated in
+    Python: the property tests check it keeps the counts balanced, and the database tests
+    that the SQL agrees with it."""
     tallies: dict[str, Counter[str]] = {}
     for run_id, status, reason in applied:
         if status == "pending":
@@ -89,15 +93,11 @@ class Flushed:
 
 
 async def write_batch(pool: Pool, batch: Sequence[OutcomeRow]) -> Flushed:
-    """Write one batch of outcomes and the counts they change, in one transaction."""
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await store.write_outcomes(conn, batch)
-        applied = [(row["run_id"], row["status"], row["reason"]) for row in rows]
-        deltas = count_deltas(applied)
-        counts = await store.add_counts(
-            conn, [(run_id, delta.as_row()) for run_id, delta in deltas.items()]
-        )
-    return Flushed(batch, applied, {row["id"]: row for row in counts})
+    """Write one batch of outcomes and the counts they change, in one statement."""
+    rows = await store.write_outcomes(pool, batch)
+    applied = [(row["id"], status, reason) for row in rows
+               for status, reason in zip(row["statuses"], row["reasons"], strict=True)]
+    return Flushed(batch, applied, {row["id"]: row for row in rows})
 
 
 class Recorder:

@@ -34,8 +34,11 @@ class Scheduler:
     """Decides when each campaign's runs need a worker on this instance."""
 
     def __init__(self, pool: Pool, clock: Clock, holder: str,
-                 start_worker: Callable[[str, bool], None]) -> None:
+                 start_worker: Callable[[str, bool], None], max_inline: int) -> None:
         self._pool = pool
+        # The longest lead of an inline run: its slack plus the freeze of the largest.
+        self._inline_lead = (engine_store.INLINE_SLACK
+                             + max_inline / engine_store.FREEZE_ROWS_PER_SECOND)
         self._clock = clock
         self._holder = holder
         self._start_worker = start_worker
@@ -78,13 +81,7 @@ class Scheduler:
         now = self._clock.now()
         wake_at = now + timedelta(seconds=MAX_SLEEP)
         told, self._told = self._told, {}
-        for work in await engine_store.due_work(self._pool, now):
-            prepare_at = work.next_scheduled
-            due = work.running or work.due > 0
-            if not due:
-                if prepare_at is not None:
-                    wake_at = min(wake_at, prepare_at)
-                continue
+        for work in await engine_store.due_work(self._pool, now, self._inline_lead):
             held_elsewhere = (work.holder is not None and work.holder != self._holder
                               and (work.lease_remaining or 0.0) > 0)
             if held_elsewhere:
@@ -94,6 +91,9 @@ class Scheduler:
                 # A worker already running a campaign is only told when more runs are due.
                 self._start_worker(work.campaign_id, work.due > told.get(work.campaign_id, 0))
                 self._told[work.campaign_id] = work.due
+        upcoming = await engine_store.next_due(self._pool, now, self._inline_lead)
+        if upcoming is not None:
+            wake_at = min(wake_at, upcoming)
         for campaign_id in await engine_store.complete_ended_campaigns(self._pool, now):
             log.info("campaign.completed", campaign_id=campaign_id, reason="end_at")
         end = await engine_store.next_campaign_end(self._pool)

@@ -9,12 +9,12 @@ counts, so `targeted = sent + failed + pending + Σ excluded` holds at every rea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from daemon import planner
 from daemon.models import Channel, EndReason, ExclusionReason, RunStatus
-from daemon.store import Executor, Record, snapshot
+from daemon.store import Executor, Record, leases, snapshot
 from daemon.store.recipients import COUNT_COLUMNS
 
 _COUNTS = ", ".join(COUNT_COLUMNS)
@@ -38,7 +38,6 @@ class CampaignWork:
     """A campaign with runs to execute, and who holds its lease."""
 
     campaign_id: str
-    next_scheduled: datetime | None  # when to take its next scheduled run
     due: int  # scheduled runs to take now
     running: bool  # has running runs
     holder: str | None
@@ -72,14 +71,34 @@ def excluded_of(counts: dict[str, int]) -> dict[str, int]:
     return {reason.value: counts[f"excluded_{reason.value}"] for reason in ExclusionReason}
 
 
+_CAMPAIGN_COLUMNS = ("c.id, c.name, c.channel, c.content, c.rate_per_second, c.start_at, "
+                     "c.end_at, c.status, c.audience_id")
+
+
 async def load_campaign(db: Executor, campaign_id: str) -> Campaign | None:
     row = await db.fetchrow(
-        "SELECT id, name, channel, content, rate_per_second, start_at, end_at, status, "
-        "audience_id FROM campaigns WHERE id = $1",
-        campaign_id,
+        f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns c WHERE c.id = $1", campaign_id)
+    return _campaign(row) if row is not None else None
+
+
+async def take_campaign(db: Executor, campaign_id: str, holder: str, ttl: float
+                        ) -> tuple[int | None, Campaign | None]:
+    """Take (or keep) the campaign's lease and read the campaign, in one statement: the
+    lease's generation (None: another live instance holds it) and the campaign."""
+    row = await db.fetchrow(
+        f"""
+        WITH lease AS ({leases.ACQUIRE})
+        SELECT (SELECT generation FROM lease) AS generation, {_CAMPAIGN_COLUMNS}
+        FROM campaigns c WHERE c.id = $1
+        """,
+        campaign_id, holder, ttl,
     )
     if row is None:
-        return None
+        return None, None
+    return row["generation"], _campaign(row)
+
+
+def _campaign(row: Record) -> Campaign:
     return Campaign(
         id=row["id"], name=row["name"], channel=Channel(row["channel"]), content=row["content"],
         rate_per_second=row["rate_per_second"], start_at=row["start_at"], end_at=row["end_at"],
@@ -100,29 +119,56 @@ _PREPARE_AT = (
 )
 
 
-async def due_work(db: Executor, now: datetime) -> list[CampaignWork]:
-    """Every campaign with scheduled or running runs, with its lease; `next_scheduled` is
-    when its next scheduled run should be taken (see `_PREPARE_AT`), `due` how many should
-    be taken by `now`."""
+async def due_work(db: Executor, now: datetime, inline_lead: float) -> list[CampaignWork]:
+    """Every campaign with running runs or scheduled runs to take by `now` (see
+    `_PREPARE_AT`), with its lease. `inline_lead`: the longest lead of an inline run (its
+    slack and largest freeze), which bounds the index range read."""
     rows = await db.fetch(
         f"""
         SELECT r.campaign_id,
-               min({_PREPARE_AT}) FILTER (WHERE r.status = 'scheduled') AS next_scheduled,
-               count(*) FILTER (WHERE r.status = 'scheduled' AND {_PREPARE_AT} <= $1) AS due,
+               count(*) FILTER (WHERE r.status = 'scheduled') AS due,
                bool_or(r.status = 'running') AS running,
                l.holder,
                extract(epoch FROM l.expires_at - clock_timestamp())::float8 AS lease_remaining
         FROM runs r LEFT JOIN engine_leases l ON l.campaign_id = r.campaign_id
         WHERE r.status IN ('scheduled', 'running')
+          AND (r.scheduled_for <= $1::timestamptz + make_interval(secs => $2)
+               OR (r.audience_id IS NOT NULL
+                   AND r.scheduled_for <= $1::timestamptz
+                                       + make_interval(secs => {AUDIENCE_HORIZON})))
+          AND (r.status = 'running' OR {_PREPARE_AT} <= $1)
         GROUP BY r.campaign_id, l.holder, l.expires_at
+        """,
+        now, inline_lead,
+    )
+    return [
+        CampaignWork(row["campaign_id"], row["due"], row["running"], row["holder"],
+                     row["lease_remaining"])
+        for row in rows
+    ]
+
+
+async def next_due(db: Executor, now: datetime, inline_lead: float) -> datetime | None:
+    """When the next scheduled run will be due (at the latest: runs are taken early)."""
+    row = await db.fetchrow(
+        f"""
+        SELECT (SELECT min(scheduled_for) FROM runs
+                WHERE status = 'scheduled' AND scheduled_for > $1::timestamptz) AS next_run,
+               (SELECT min(scheduled_for) FROM runs
+                WHERE status = 'scheduled' AND audience_id IS NOT NULL
+                  AND scheduled_for > $1::timestamptz
+                                      + make_interval(secs => {AUDIENCE_HORIZON}))
+                   AS next_audience_run
         """,
         now,
     )
-    return [
-        CampaignWork(row["campaign_id"], row["next_scheduled"], row["due"], row["running"],
-                     row["holder"], row["lease_remaining"])
-        for row in rows
-    ]
+    assert row is not None
+    candidates = []
+    if row["next_run"] is not None:
+        candidates.append(row["next_run"] - timedelta(seconds=inline_lead))
+    if row["next_audience_run"] is not None:
+        candidates.append(row["next_audience_run"] - timedelta(seconds=AUDIENCE_HORIZON))
+    return min(candidates) if candidates else None
 
 
 async def next_campaign_end(db: Executor) -> datetime | None:
@@ -242,11 +288,14 @@ FROM n WHERE r.id = $1 AND r.status = 'running'
 RETURNING {counts}, n.n AS moved
 """
 
+# End a running run with nothing pending. With $6/$7, only if its planned or deadline
+# exclusions are those the end reason was decided from.
 _FINISH = """
 WITH done AS (
     UPDATE runs SET status = $2, end_reason = $3, finished_at = $4
     WHERE id = $1 AND status = 'running' AND pending = 0
-    RETURNING id
+      AND ($6::bigint IS NULL OR (excluded_time_cap = $6 AND excluded_campaign_end = $7))
+    RETURNING {counts}
 ), unclaimed AS (
     DELETE FROM run_claims WHERE run_id = $1 AND EXISTS (SELECT 1 FROM done)
 ), completed AS (
@@ -256,13 +305,14 @@ WITH done AS (
                       AND status IN ('scheduled', 'running'))
     RETURNING id
 )
-SELECT (SELECT count(*) FROM done) AS done, (SELECT count(*) FROM completed) AS completed
+SELECT done.*, (SELECT count(*) FROM completed) AS completed FROM done
 """
 
 
 async def close_run(
     db: Executor, run_id: str, campaign_id: str, *, now: datetime,
     exclude_as: ExclusionReason | None = None, fail_reason: str | None = None,
+    known: dict[str, int] | None = None,
 ) -> ClosedRun | None:
     """End a running run: its pending recipients become excluded (`exclude_as`) or failed
     (`fail_reason`), its status and end reason are set, its claims dropped, and a one-shot
@@ -273,7 +323,17 @@ async def close_run(
     together (the same lock order as an outcome write: recipient rows, then the run row;
     counts by deltas, so a concurrent write can neither deadlock with it nor be lost); the
     second ends a run that has nothing pending. A crash between them leaves a running run
-    with nothing pending, which the next holder ends."""
+    with nothing pending, which the next holder ends. A run that just ran out of recipients
+    (`known`: its counts as of the last write, nothing pending) ends in one statement."""
+    if exclude_as is None and fail_reason is None and known is not None \
+            and known.get("pending") == 0:
+        end = planner.end_reason(excluded_of(known))
+        done = await db.fetchrow(_FINISH.format(counts=_COUNTS), run_id,
+                                 RunStatus.COMPLETED.value, end.value, now, campaign_id,
+                                 known["excluded_time_cap"], known["excluded_campaign_end"])
+        if done is not None:
+            return ClosedRun(RunStatus.COMPLETED, end, counts_of(done), 0,
+                             bool(done["completed"]))
     column, status_to, reason = "failed", "failed", fail_reason
     if exclude_as is not None:
         column, status_to, reason = f"excluded_{exclude_as.value}", "excluded", exclude_as.value
@@ -289,8 +349,8 @@ async def close_run(
     end = planner.end_reason(excluded_of(counts), cancelled=cancelled, failed=failed)
     status = (RunStatus.FAILED if failed else RunStatus.CANCELLED if cancelled
               else RunStatus.COMPLETED)
-    finished = await db.fetchrow(_FINISH, run_id, status.value, end.value, now, campaign_id)
-    assert finished is not None
-    if not finished["done"]:
+    finished = await db.fetchrow(_FINISH.format(counts=_COUNTS), run_id, status.value,
+                                 end.value, now, campaign_id, None, None)
+    if finished is None:
         return None
     return ClosedRun(status, end, counts, int(row["moved"]), bool(finished["completed"]))

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from daemon.models import Channel
-from daemon.store import Connection, Executor, Record
+from daemon.store import Executor, Record
 
 _SUBSCRIBED = {Channel.EMAIL: "sub_email", Channel.SMS: "sub_sms", Channel.PUSH: "sub_push"}
 
@@ -85,50 +85,56 @@ WHERE k.run_id = u.run_id AND k.position = u.position AND k.holder = $2 AND {fen
 
 _RECOVER = "DELETE FROM run_claims WHERE run_id = ANY($1::text[])"
 
-# One statement for a batch of outcomes; only rows still pending change (a late or repeated
-# outcome is a no-op), and the rows that did change are returned for the counts.
+# One statement for a batch of outcomes: only rows still pending change (a late or repeated
+# outcome is a no-op), their claims go, and each run's counts move by what actually
+# changed (the applied transitions are returned too, for the metrics).
 _WRITE = """
-UPDATE run_recipients r
-SET status = b.status, reason = b.reason, error = b.error,
-    attempts = least(r.attempts + b.calls, 32767),
-    provider_message_id = coalesce(b.provider_message_id, r.provider_message_id),
-    retry_at = b.retry_at, updated_at = b.at
-FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[],
-            $7::text[], $8::timestamptz[], $9::timestamptz[])
-     AS b(run_id, position, status, reason, error, calls, provider_message_id, retry_at, at)
-WHERE r.run_id = b.run_id AND r.position = b.position AND r.status = 'pending'
-RETURNING r.run_id, r.status, r.reason
-"""
-
-# The claims the outcomes settle (whatever the write changed: a late outcome too).
-_UNCLAIM = """
-DELETE FROM run_claims k
-USING unnest($1::text[], $2::bigint[]) AS u(run_id, position)
-WHERE k.run_id = u.run_id AND k.position = u.position
+WITH b AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                         $6::int[], $7::text[], $8::timestamptz[], $9::timestamptz[])
+        AS b(run_id, position, status, reason, error, calls, provider_message_id, retry_at, at)
+), applied AS (
+    UPDATE run_recipients r
+    SET status = b.status, reason = b.reason, error = b.error,
+        attempts = least(r.attempts + b.calls, 32767),
+        provider_message_id = coalesce(b.provider_message_id, r.provider_message_id),
+        retry_at = b.retry_at, updated_at = b.at
+    FROM b
+    WHERE r.run_id = b.run_id AND r.position = b.position AND r.status = 'pending'
+    RETURNING r.run_id, r.status, r.reason
+), unclaimed AS (
+    DELETE FROM run_claims k USING b WHERE k.run_id = b.run_id AND k.position = b.position
+), deltas AS (
+    SELECT run_id,
+           count(*) FILTER (WHERE status = 'sent') AS sent,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status <> 'pending') AS done,
+           {excluded},
+           array_agg(status) AS statuses, array_agg(reason) AS reasons
+    FROM applied GROUP BY run_id
+)
+UPDATE runs r
+SET sent = r.sent + d.sent, failed = r.failed + d.failed, pending = r.pending - d.done,
+    {add_excluded}
+FROM deltas d
+WHERE r.id = d.run_id
+RETURNING r.id, {counts}, d.statuses, d.reasons
 """
 
 COUNT_COLUMNS = (
     "targeted", "sent", "failed", "pending", "excluded_time_cap", "excluded_campaign_end",
     "excluded_opted_out", "excluded_no_address", "excluded_duplicate", "excluded_cancelled",
 )
-_COUNTS_RETURNING = ", ".join(f"r.{column}" for column in COUNT_COLUMNS)
-
-_ADD_COUNTS = f"""
-UPDATE runs r
-SET sent = r.sent + d.sent, failed = r.failed + d.failed, pending = r.pending - d.done,
-    excluded_time_cap = r.excluded_time_cap + d.time_cap,
-    excluded_campaign_end = r.excluded_campaign_end + d.campaign_end,
-    excluded_opted_out = r.excluded_opted_out + d.opted_out,
-    excluded_no_address = r.excluded_no_address + d.no_address,
-    excluded_duplicate = r.excluded_duplicate + d.duplicate,
-    excluded_cancelled = r.excluded_cancelled + d.cancelled
-FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
-            $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
-     AS d(run_id, sent, failed, done, time_cap, campaign_end, opted_out, no_address,
-          duplicate, cancelled)
-WHERE r.id = d.run_id
-RETURNING r.id, {_COUNTS_RETURNING}
-"""
+EXCLUSION_ORDER = ("time_cap", "campaign_end", "opted_out", "no_address", "duplicate",
+                   "cancelled")
+_WRITE_SQL = _WRITE.format(
+    excluded=",\n           ".join(
+        f"count(*) FILTER (WHERE status = 'excluded' AND reason = '{reason}') AS x_{reason}"
+        for reason in EXCLUSION_ORDER),
+    add_excluded=",\n    ".join(
+        f"excluded_{reason} = r.excluded_{reason} + d.x_{reason}" for reason in EXCLUSION_ORDER),
+    counts=", ".join(f"r.{column}" for column in COUNT_COLUMNS),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,30 +241,12 @@ class OutcomeRow:
     at: datetime
 
 
-async def write_outcomes(conn: Connection, outcomes: Sequence[OutcomeRow]) -> list[Record]:
-    """Apply the outcomes to still-pending rows and drop their claims; the (run_id, status,
-    reason) applied. Call in the transaction that also adds the counts (`add_counts`)."""
+async def write_outcomes(db: Executor, outcomes: Sequence[OutcomeRow]) -> list[Record]:
+    """Apply the outcomes (one statement, atomic): per run whose rows changed, its id, new
+    counts, and the `statuses`/`reasons` of the transitions applied."""
     columns: list[list[Any]] = [[] for _ in range(9)]
     for o in outcomes:
         for index, value in enumerate((o.run_id, o.position, o.status, o.reason, o.error,
                                        o.calls, o.provider_message_id, o.retry_at, o.at)):
             columns[index].append(value)
-    rows = list(await conn.fetch(_WRITE, *columns))
-    await conn.execute(_UNCLAIM, columns[0], columns[1])
-    return rows
-
-
-async def add_counts(conn: Connection, deltas: Sequence[tuple[str, tuple[int, ...]]]
-                     ) -> list[Record]:
-    """Add per-run deltas (sent, failed, done, then the six exclusion reasons in the order
-    of EXCLUSION_ORDER); returns each run's id and new counts."""
-    if not deltas:
-        return []
-    columns: list[list[Any]] = [[run_id for run_id, _ in deltas]]
-    for index in range(9):
-        columns.append([values[index] for _, values in deltas])
-    return list(await conn.fetch(_ADD_COUNTS, *columns))
-
-
-EXCLUSION_ORDER = ("time_cap", "campaign_end", "opted_out", "no_address", "duplicate",
-                   "cancelled")
+    return list(await db.fetch(_WRITE_SQL, *columns))

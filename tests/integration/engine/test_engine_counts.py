@@ -1,5 +1,6 @@
 """The counts invariant in the database: random interleavings of outcome batches (late,
-repeated, retried) and a final close, checked against the recipient rows after each write."""
+repeated, retried) and a final close, checked against the recipient rows after each write
+and against the counting rule stated in Python (`report.count_deltas`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 import pytest
 
 from daemon.models import ExclusionReason
-from daemon.report import write_batch
+from daemon.report import count_deltas, write_batch
 from daemon.store import Pool
 from daemon.store import engine as engine_store
 from daemon.store.recipients import OutcomeRow
@@ -47,13 +48,30 @@ async def test_random_outcome_batches_keep_the_counts_equal_to_the_rows(
         "INSERT INTO run_recipients (run_id, position, profile_id) "
         "SELECT $1, n, 'p' || n FROM generate_series(0, $2 - 1) AS n", run_id, size)
     now = await pool.fetchval("SELECT now()")
+    model = ["pending"] * size  # the rows as the counting rule (report.count_deltas) sees them
+    counts = {"sent": 0, "failed": 0, "pending": size}
     for _ in range(rng.randint(1, 8)):
         batch = []
-        for _ in range(rng.randint(1, 20)):
+        # One outcome per recipient in a batch, as the engine writes them.
+        for position in rng.sample(range(size), rng.randint(1, min(size, 20))):
             status, reason = rng.choice(STATUSES)
-            batch.append(OutcomeRow(run_id, rng.randrange(size), status, reason, None,
+            batch.append(OutcomeRow(run_id, position, status, reason, None,
                                     1, None, now if status == "pending" else None, now))
-        await write_batch(pool, batch)
+        expected = []
+        for o in batch:
+            if model[o.position] == "pending":
+                model[o.position] = o.status
+                expected.append((run_id, o.status, o.reason))
+        flushed = await write_batch(pool, batch)
+        assert sorted(flushed.applied, key=str) == sorted(expected, key=str)
+        for delta in count_deltas(expected).values():
+            counts["sent"] += delta.sent
+            counts["failed"] += delta.failed
+            counts["pending"] -= delta.done
+        if expected:
+            row = flushed.counts[run_id]
+            assert (row["sent"], row["failed"], row["pending"]) == (
+                counts["sent"], counts["failed"], counts["pending"])
         await _check(pool, run_id)
     closed = await engine_store.close_run(pool, run_id, "c1", now=now,
                                           exclude_as=ExclusionReason.CANCELLED)
