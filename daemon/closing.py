@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from daemon.report import Recorder
 
 
+ENDED_REMEMBERED = 1000  # run ids a worker remembers having ended (a read may predate it)
+
+
 class RunClosing:
     """Closing runs; the worker's other parts provide what is declared here."""
 
@@ -38,6 +41,7 @@ class RunClosing:
     group: asyncio.TaskGroup | None
     recorder: Recorder
     _closing: dict[str, asyncio.Task[None]]
+    _ended: dict[str, None]
 
     if TYPE_CHECKING:  # provided by the other parts of the worker
         def mark_ready(self, run: RunExecution) -> None:
@@ -134,6 +138,9 @@ class RunClosing:
 
     def _forget(self, run: RunExecution) -> None:
         run.state = RunState.DONE
+        self._ended[run.id] = None
+        if len(self._ended) > ENDED_REMEMBERED:
+            del self._ended[next(iter(self._ended))]
         run.queue.clear()
         run.unrecorded = 0
         if self.runs.pop(run.id, None) is not None:

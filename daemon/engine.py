@@ -43,6 +43,7 @@ from daemon.report import DB_ERRORS, raise_if_cancelling
 from daemon.scheduler import Scheduler
 from daemon.store import engine as engine_store
 from daemon.store import leases
+from daemon.store.engine import RunRow
 from daemon.store.listen import Listener
 
 if TYPE_CHECKING:
@@ -239,13 +240,13 @@ class Engine:
             if worker is not None:
                 worker.poke()
 
-    def start_worker(self, campaign_id: str, new_runs: bool) -> None:
-        """The scheduler found work for this campaign: start a worker, or tell the running
-        one (if there are new runs to start)."""
+    def start_worker(self, campaign_id: str, runs: list[RunRow]) -> None:
+        """The scheduler found work for this campaign (and these runs due to start): hand
+        them to its worker, or start one."""
         if campaign_id in self._workers:
             worker = self._workers[campaign_id]
-            if worker is not None and new_runs:
-                worker.poke()
+            if worker is not None:
+                worker.offer(runs)
             return
         if self._group is None or self._stop.is_set():
             return

@@ -12,6 +12,7 @@ their deadline or on a cancel request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -39,9 +40,10 @@ log = get_logger(__name__)
 # (a conservative rate for the INSERT ... SELECT), so the first call can go at the start.
 MIN_LEAD = 0.5
 FREEZE_ROWS_PER_SECOND = engine_store.FREEZE_ROWS_PER_SECOND
-# Runs are re-read at least this often: a fallback, since a NOTIFY (new run, cancel) wakes
-# the worker at once, and deadlines and starts have their own timers.
-CONTROL_TICK = 2.0
+# Runs are re-read at least this often: a fallback, since the scheduler hands new runs
+# over, a NOTIFY (cancel) pokes the worker at once, a lost LISTEN connection pokes every
+# worker when it is back, and deadlines and starts have their own timers.
+CONTROL_TICK = 15.0
 MIN_READ_INTERVAL = 0.025  # a burst of pokes (triggers) makes one read per interval
 PARALLEL_STARTS = 4  # runs frozen at once by a worker (connections of the pool)
 PROGRESS_EVERY = 10.0  # run.progress period
@@ -76,6 +78,7 @@ class CampaignRuns(RunClosing):
         self._freeze_at: dict[str, datetime] = {}  # run id -> when to freeze it
         self._start_wake = asyncio.Event()
         self._starting: set[str] = set()
+        self._ended: dict[str, None] = {}  # runs ended here lately (ignored in stale reads)
         self._closing: dict[str, asyncio.Task[None]] = {}
         self._idle_since: float | None = None
         self._error_log: dict[str, tuple[float, int]] = {}
@@ -88,17 +91,16 @@ class CampaignRuns(RunClosing):
         self._control_wake.set()
 
     async def wait(self, event: asyncio.Event, seconds: float | None) -> None:
-        """Until `event` is set or `seconds` have passed on the clock."""
+        """Until `event` is set or `seconds` (a span the caller took from the clock) pass.
+
+        The span runs on the event loop's timer (what the system clock's sleep does too),
+        with no task of its own: a worker's loops wait this way, and thousands of workers
+        must not mean thousands of extra tasks (machine-limits §6)."""
         if event.is_set() or (seconds is not None and seconds <= 0):
             return
-        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(event.wait())]
-        if seconds is not None:
-            tasks.append(asyncio.ensure_future(self.clock.sleep(seconds)))
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await event.wait()
 
     async def retrying(self, action: Callable[[], Awaitable[None]], what: str) -> None:
         """Run `action`; on a database error, log it and try again (backing off)."""
@@ -158,6 +160,15 @@ class CampaignRuns(RunClosing):
         self.log.info("profiles.push_tokens_removed", tokens=len(batch), profiles=removed)
 
     # -- control ------------------------------------------------------------------------------
+
+    def offer(self, rows: list[RunRow]) -> None:
+        """Scheduled runs due to start (from the scheduler): queued unless known."""
+        for row in rows:
+            if row.id in self._starting or row.id in self.runs or row.id in self._ended:
+                continue
+            self._starting.add(row.id)
+            self._start_queue[row.id] = row
+            self._start_wake.set()
 
     def poke(self) -> None:
         """Something changed in the database (a NOTIFY: new run, cancel): re-read it now."""
@@ -247,12 +258,10 @@ class CampaignRuns(RunClosing):
             seen.add(row.id)
             run = self.runs.get(row.id)
             if row.status is RunStatus.SCHEDULED:
-                if row.id not in self._starting:
-                    self._starting.add(row.id)
-                    self._start_queue[row.id] = row
-                    self._start_wake.set()
+                self.offer([row])
             elif run is None:
-                if row.id not in self._starting:
+                # Read before its start or end here was done: not ours to adopt.
+                if row.id not in self._starting and row.id not in self._ended:
                     unknown.append(row)
             elif row.cancel_requested and run.state in (RunState.WAITING, RunState.ACTIVE):
                 self.begin_close(run, exclude_as=ExclusionReason.CANCELLED)

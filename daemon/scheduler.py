@@ -22,6 +22,7 @@ from daemon.logs import get_logger
 from daemon.report import DB_ERRORS, raise_if_cancelling
 from daemon.store import Pool
 from daemon.store import engine as engine_store
+from daemon.store.engine import RunRow
 
 log = get_logger(__name__)
 
@@ -34,7 +35,7 @@ class Scheduler:
     """Decides when each campaign's runs need a worker on this instance."""
 
     def __init__(self, pool: Pool, clock: Clock, holder: str,
-                 start_worker: Callable[[str, bool], None], max_inline: int) -> None:
+                 start_worker: Callable[[str, list[RunRow]], None], max_inline: int) -> None:
         self._pool = pool
         # The longest lead of an inline run: its slack plus the freeze of the largest.
         self._inline_lead = (engine_store.INLINE_SLACK
@@ -44,7 +45,6 @@ class Scheduler:
         self._start_worker = start_worker
         self._wake = asyncio.Event()
         self._announce: set[str] = set()
-        self._told: dict[str, int] = {}  # campaign -> due runs its worker was told about
 
     def wake(self) -> None:
         self._wake.set()
@@ -80,17 +80,20 @@ class Scheduler:
         await self._log_scheduled()
         now = self._clock.now()
         wake_at = now + timedelta(seconds=MAX_SLEEP)
-        told, self._told = self._told, {}
-        for work in await engine_store.due_work(self._pool, now, self._inline_lead):
+        works = await engine_store.due_work(self._pool, now, self._inline_lead)
+        runs: dict[str, list[RunRow]] = {}
+        if any(work.due for work in works):
+            for run in await engine_store.due_runs(self._pool, now, self._inline_lead):
+                runs.setdefault(run.campaign_id, []).append(run)
+        for work in works:
             held_elsewhere = (work.holder is not None and work.holder != self._holder
                               and (work.lease_remaining or 0.0) > 0)
             if held_elsewhere:
                 remaining = (work.lease_remaining or 0.0) + TAKEOVER_SLACK
                 wake_at = min(wake_at, now + timedelta(seconds=remaining))
             else:
-                # A worker already running a campaign is only told when more runs are due.
-                self._start_worker(work.campaign_id, work.due > told.get(work.campaign_id, 0))
-                self._told[work.campaign_id] = work.due
+                # The due runs are handed over: a worker need not read them itself.
+                self._start_worker(work.campaign_id, runs.get(work.campaign_id, []))
         upcoming = await engine_store.next_due(self._pool, now, self._inline_lead)
         if upcoming is not None:
             wake_at = min(wake_at, upcoming)

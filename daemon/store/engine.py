@@ -59,6 +59,7 @@ class RunRow:
     cancel_requested: bool
     audience_id: str | None
     inline_count: int
+    campaign_id: str
 
 
 def counts_of(row: Record) -> dict[str, int]:
@@ -148,6 +149,25 @@ async def due_work(db: Executor, now: datetime, inline_lead: float) -> list[Camp
     ]
 
 
+async def due_runs(db: Executor, now: datetime, inline_lead: float) -> list[RunRow]:
+    """The scheduled runs to take by `now` (see `_PREPARE_AT`), in start order, with their
+    campaign (`RunRow.campaign_id`)."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_RUN_COLUMNS} FROM runs r
+        WHERE r.status = 'scheduled'
+          AND (r.scheduled_for <= $1::timestamptz + make_interval(secs => $2)
+               OR (r.audience_id IS NOT NULL
+                   AND r.scheduled_for <= $1::timestamptz
+                                       + make_interval(secs => {AUDIENCE_HORIZON})))
+          AND {_PREPARE_AT} <= $1
+        ORDER BY r.scheduled_for, r.id
+        """,
+        now, inline_lead,
+    )
+    return [_run_row(row) for row in rows]
+
+
 async def next_due(db: Executor, now: datetime, inline_lead: float) -> datetime | None:
     """When the next scheduled run will be due (at the latest: runs are taken early)."""
     row = await db.fetchrow(
@@ -201,11 +221,13 @@ def _run_row(row: Record) -> RunRow:
         rate_per_second=row["rate_per_second"], context=row["context"] or {},
         cancel_requested=row["cancel_requested_at"] is not None,
         audience_id=row["audience_id"], inline_count=row["inline_count"],
+        campaign_id=row["campaign_id"],
     )
 
 
 _RUN_COLUMNS = ("id, status, scheduled_for, started_at, deadline, deadline_reason, "
-                "rate_per_second, context, cancel_requested_at, audience_id, inline_count")
+                "rate_per_second, context, cancel_requested_at, audience_id, inline_count, "
+                "campaign_id")
 
 
 async def campaign_runs(db: Executor, campaign_id: str, now: datetime) -> list[RunRow]:
