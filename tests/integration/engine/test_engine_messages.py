@@ -1,0 +1,109 @@
+"""What the engine hands a provider: unsubscribe links on email, one idempotency key per
+recipient, and dead push tokens removed from the profiles afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from daemon import unsubscribe
+from daemon.api.context import AppContext
+from daemon.clock import SystemClock
+from daemon.engine import Engine
+from daemon.errors import PermanentError
+from daemon.metrics import Metrics
+from daemon.models import Channel
+from daemon.providers.base import Message, Provider, SendResult
+from daemon.providers.settings import LogProviderSettings
+from daemon.store import Pool
+from tests.integration.engine.conftest import (
+    add_profiles,
+    engine_config,
+    make_campaign,
+    trigger,
+    wait_run_status,
+)
+
+
+class Recording:
+    """A provider that keeps every message; push tokens named `dead*` are reported dead."""
+
+    name = "recording"
+    settings = LogProviderSettings()
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def start(self) -> None: ...
+
+    async def probe(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def send(self, message: Message) -> SendResult:
+        self.messages.append(message)
+        dead = tuple(t for t in message.to.push_tokens if t.startswith("dead"))
+        if dead and len(dead) == len(message.to.push_tokens):
+            raise PermanentError("fcm_UNREGISTERED: every token", invalid_push_tokens=dead)
+        return SendResult(provider_message_id="m-" + message.idempotency_key,
+                          invalid_push_tokens=dead)
+
+
+class Source:
+    def __init__(self, provider: Recording) -> None:
+        self.provider = provider
+
+    def for_channel(self, channel: Channel) -> Provider:
+        return self.provider
+
+
+@pytest.fixture
+async def recording_engine(pool: Pool, tmp_path: Path) -> AsyncIterator[Recording]:
+    provider = Recording()
+    config = engine_config(None, server={"public_url": "https://mail.example"})
+    config = config.model_copy(update={"state_dir": tmp_path})
+    ctx = AppContext(config=config, pool=pool, clock=SystemClock(), metrics=Metrics())
+    engine = Engine(ctx, providers=Source(provider))
+    await engine.start()
+    yield provider
+    await engine.stop(5.0, asyncio.Event())
+
+
+async def test_each_email_carries_its_own_unsubscribe_link(
+    pool: Pool, recording_engine: Recording
+) -> None:
+    await make_campaign(pool, "c1", channel="email",
+                        content={"from": "a@b.c", "subject": "Hi", "text": "{{ unsubscribe_url }}"})
+    await add_profiles(pool, 3, audience="a1")
+    run_id = await trigger(pool, "c1", audience="a1")
+    assert (await wait_run_status(pool, run_id))["sent"] == 3
+    key = await unsubscribe.load_key(pool)
+    for message in recording_engine.messages:
+        assert message.unsubscribe_url == unsubscribe.url_for(
+            "https://mail.example", key, message.profile_id, Channel.EMAIL)
+        assert message.content["text"] == message.unsubscribe_url  # templates see it too
+    assert sorted(m.idempotency_key for m in recording_engine.messages) == [
+        f"{run_id}:{n}" for n in range(3)]
+
+
+async def test_dead_push_tokens_are_removed_from_the_profiles(
+    pool: Pool, recording_engine: Recording
+) -> None:
+    await make_campaign(pool, "c1", channel="push", content={"title": "t", "body": "b"})
+    await add_profiles(pool, 2, audience="a1")
+    await pool.execute("UPDATE profiles SET push_tokens = '{live0,dead0}' WHERE id = 'p0'")
+    await pool.execute("UPDATE profiles SET push_tokens = '{dead1}' WHERE id = 'p1'")
+    run_id = await trigger(pool, "c1", audience="a1")
+    row = await wait_run_status(pool, run_id)
+    assert (row["sent"], row["failed"]) == (1, 1)
+    async with asyncio.timeout(5):
+        while await pool.fetchval(
+                "SELECT count(*) FROM profiles WHERE 'dead0' = ANY(push_tokens) "
+                "OR 'dead1' = ANY(push_tokens)"):
+            await asyncio.sleep(0.05)
+    tokens = {r["id"]: r["push_tokens"] for r in await pool.fetch(
+        "SELECT id, push_tokens FROM profiles ORDER BY id")}
+    assert tokens == {"p0": ["live0"], "p1": []}
