@@ -163,7 +163,7 @@ class Engine:
 
     async def stop(self, grace: float, force: asyncio.Event) -> None:
         self._grace = grace
-        relay = asyncio.ensure_future(self._relay(force))
+        relay = asyncio.get_running_loop().create_task(self._relay(force), name="engine.force")
         self._stop.set()
         try:
             if self._main is not None:

@@ -153,7 +153,7 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
                 task.cancel()
         remaining = {task for task in senders if task in self._calling}
         if remaining:
-            forced = asyncio.ensure_future(force.wait())
+            forced = asyncio.get_running_loop().create_task(force.wait(), name="drain.force")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     while remaining and not forced.done():
@@ -173,7 +173,7 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
         """Wait for the last writes within `grace` (or until `force`): with the database down
         they cannot land, and the claims they settle stay marked in flight (sent again by
         the next holder: the crash bound)."""
-        forced = asyncio.ensure_future(force.wait())
+        forced = asyncio.get_running_loop().create_task(force.wait(), name="writes.force")
         await asyncio.wait([recorder, forced], timeout=grace,
                            return_when=asyncio.FIRST_COMPLETED)
         forced.cancel()
@@ -217,7 +217,8 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
     async def _fill_shielded(self) -> None:
         """`_fill`, which a stop must not cut between a claim's commit and the claimed
         recipients reaching a queue (they would stay marked in flight, unreleased)."""
-        task = asyncio.ensure_future(self._fill())
+        task = asyncio.get_running_loop().create_task(
+            self._fill(), name=f"claim:{self.campaign.id}")
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:

@@ -188,8 +188,10 @@ class Recorder:
     async def _wait_urgent(self, seconds: float) -> None:
         if self._urgent.is_set():
             return
-        waiter = asyncio.ensure_future(self._urgent.wait())
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        waiter = asyncio.get_running_loop().create_task(
+            self._urgent.wait(), name="recorder.wake")
+        sleeper = asyncio.get_running_loop().create_task(
+            self._clock.sleep(seconds), name="recorder.interval")
         try:
             await asyncio.wait([waiter, sleeper], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -201,7 +203,8 @@ class Recorder:
         on database errors; never drops it."""
         delay = RETRY_FIRST
         while True:
-            task = asyncio.ensure_future(write_batch(self._pool, batch))
+            task = asyncio.get_running_loop().create_task(
+                write_batch(self._pool, batch), name="recorder.write")
             try:
                 flushed = await asyncio.shield(task)
             except asyncio.CancelledError:

@@ -124,8 +124,10 @@ class Scheduler:
         seconds = (when - self._clock.now()).total_seconds()
         if seconds <= 0 or self._wake.is_set():
             return
-        waiter = asyncio.ensure_future(self._wake.wait())
-        sleeper = asyncio.ensure_future(self._clock.sleep_until(when))
+        waiter = asyncio.get_running_loop().create_task(
+            self._wake.wait(), name="scheduler.wake")
+        sleeper = asyncio.get_running_loop().create_task(
+            self._clock.sleep_until(when), name="scheduler.sleep")
         try:
             await asyncio.wait([waiter, sleeper], return_when=asyncio.FIRST_COMPLETED)
         finally:
