@@ -117,8 +117,9 @@ def rows(benches: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "goal resume < 2", _ratio(recovery.get("ready_to_first_send_s"), 2)))
     out.append(("kill -9: duplicates / lost",
                 f"{_fmt(recovery.get('duplicates'))} / {_fmt(recovery.get('lost'))}",
-                f"bound {_fmt(recovery.get('claim_window'))} (claim window); 0 lost",
-                _ratio(recovery.get("duplicates"), recovery.get("claim_window"))))
+                f"bound {_fmt(recovery.get('duplicate_bound'))} (the engine's stated "
+                "bound); 0 lost",
+                _ratio(recovery.get("duplicates"), recovery.get("duplicate_bound"))))
     return out
 
 
