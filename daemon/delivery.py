@@ -114,12 +114,17 @@ def variables(run: RunExecution, recipient: Claimed, unsubscribe_url: str | None
 
 def build_message(
     run: RunExecution, recipient: Claimed, content: CompiledContent, channel: Channel,
-    settings: DeliverySettings, unsubscribe_key: bytes | None,
+    settings: DeliverySettings, unsubscribe_key: bytes | None, *,
+    provider_writes_unsubscribe: bool = False,
 ) -> Message:
     """The rendered message (raises RenderError). Its idempotency key `<run_id>:<position>`
-    is the same for every attempt, before and after a restart."""
+    is the same for every attempt, before and after a restart. An email's unsubscribe URL
+    (an HMAC per message) is signed only when something reads it: a template, or a
+    provider that writes `List-Unsubscribe`; otherwise templates see None and so does the
+    provider."""
     unsubscribe = None
-    if channel is Channel.EMAIL and unsubscribe_key is not None:
+    if channel is Channel.EMAIL and unsubscribe_key is not None and (
+            content.uses_unsubscribe_url or provider_writes_unsubscribe):
         unsubscribe = url_for(settings.base_url, unsubscribe_key, recipient.profile_id, channel)
     rendered = content.render(variables(run, recipient, unsubscribe))
     return Message(

@@ -109,7 +109,8 @@ class ProviderCalls:
             await self._call(call, task)
         return True
 
-    def _prepare(self, run: RunExecution, recipient: Claimed) -> Message | None:
+    def _prepare(self, run: RunExecution, recipient: Claimed, provider: Provider
+                 ) -> Message | None:
         """The rendered message; None when there is nothing to send (outcome recorded)."""
         now = self.clock.now()
         if not recipient.subscribed:
@@ -123,7 +124,8 @@ class ProviderCalls:
         try:
             return delivery.build_message(
                 run, recipient, self.content, self.campaign.channel, self.services.delivery,
-                self.services.unsubscribe_key)
+                self.services.unsubscribe_key,
+                provider_writes_unsubscribe=provider.writes_unsubscribe_url)
         except RenderError as exc:
             self._record(delivery.render_failure(run, recipient, exc, now))
             return None
@@ -136,10 +138,10 @@ class ProviderCalls:
         if not self.may_call(run):
             self._give_back(run, recipient)
             return None
-        message = self._prepare(run, recipient)
+        provider = self.services.providers.for_channel(self.campaign.channel)
+        message = self._prepare(run, recipient, provider)
         if message is None:
             return None
-        provider = self.services.providers.for_channel(self.campaign.channel)
         gate = self.services.gates.gate(provider.name, provider.settings)
         holding = admitted = False
         try:

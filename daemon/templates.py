@@ -6,7 +6,10 @@ to internals, no unsafe calls), strict about undefined names, and refuse the
 arithmetic that would build huge strings or numbers (`'x' * 10**9`), which a
 template could otherwise use to exhaust the daemon's memory.
 
-Templates see `profile`, `context`, `campaign`, `run` and `unsubscribe_url`.
+Templates see `profile`, `context`, `campaign`, `run` and `unsubscribe_url`. A message's
+fields all render from one scope (the environment's globals and the variables, merged once
+per message), each field in its own Jinja context over it: what `Template.render` would
+build per field (a copy of the globals' ChainMap and the variables) is built once.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.environment import Template
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
@@ -97,6 +100,10 @@ def _check_power(base: Any, exponent: Any) -> None:
 
 _TEXT = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 _HTML = _Environment(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True)
+# The globals templates see (`range`, `dict`, ...): the same in both environments.
+_GLOBALS: dict[str, Any] = dict(_TEXT.globals)
+assert dict(_HTML.globals) == _GLOBALS
+UNSUBSCRIBE_URL = "unsubscribe_url"
 
 # A compiled field: the variables -> its rendered text (or, for push data, its value).
 _Renderer = Callable[[Mapping[str, Any]], str]
@@ -112,8 +119,14 @@ def _constant(value: Any) -> _Value:
 
 
 def _compiled(field: str, template: Template) -> _Renderer:
-    def render(variables: Mapping[str, Any]) -> str:
-        text = str(template.render(variables))
+    environment = template.environment
+    root = template.root_render_func
+
+    def render(scope: Mapping[str, Any]) -> str:
+        # `Template.render` without its per-call copy of the globals and the variables:
+        # `scope` holds both already; the template's own assignments go to its context.
+        context = template.new_context(scope, shared=True)  # type: ignore[arg-type]
+        text = str(environment.concat(root(context)))
         if len(text) > MAX_RENDERED_CHARS:
             raise RenderError(f"content.{field}: rendered text longer than {MAX_RENDERED_CHARS}")
         return text
@@ -121,20 +134,24 @@ def _compiled(field: str, template: Template) -> _Renderer:
     return render
 
 
-def _compile_text(field: str, source: Any, *, html: bool = False) -> _Renderer:
+def _compile_text(field: str, source: Any, *, html: bool = False
+                  ) -> tuple[_Renderer, frozenset[str]]:
+    """The field's renderer and the variables its template reads."""
     if not isinstance(source, str):
         raise TemplateProblem(field, None, "must be a string")
     if not is_template(source):
-        return _constant(source)
+        return _constant(source), frozenset()
+    environment = _HTML if html else _TEXT
     try:
-        template = (_HTML if html else _TEXT).from_string(source)
+        tree = environment.parse(source)
+        template = environment.from_string(tree)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(field, exc.lineno, exc.message or "invalid template") from None
     except SecurityError as exc:
         raise TemplateProblem(field, None, str(exc)) from None
     except RecursionError:
         raise TemplateProblem(field, None, "the template is nested too deeply") from None
-    return _compiled(field, template)
+    return _compiled(field, template), frozenset(meta.find_undeclared_variables(tree))
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +161,8 @@ class CompiledContent:
     channel: Channel
     _fields: tuple[tuple[str, _Renderer], ...]
     _data: tuple[tuple[str, _Value], ...] | None
+    # Whether a template reads `unsubscribe_url` (else it need not be signed per message).
+    uses_unsubscribe_url: bool = False
 
     @classmethod
     def compile(cls, channel: Channel, content: Mapping[str, Any]) -> CompiledContent:
@@ -160,29 +179,33 @@ class CompiledContent:
             raise TemplateProblem("text", None, "an email needs html or text (or both)")
         fields: list[tuple[str, _Renderer]] = []
         data: tuple[tuple[str, _Value], ...] | None = None
+        names: set[str] = set()
         for name in spec:
             source = content.get(name)
             if source is None:
                 continue
             if name == DATA_FIELD:
-                data = _compile_data(source)
+                data = _compile_data(source, names)
             else:
-                fields.append((name, _compile_text(name, source, html=name == HTML_FIELD)))
-        return cls(channel, tuple(fields), data)
+                renderer, read = _compile_text(name, source, html=name == HTML_FIELD)
+                fields.append((name, renderer))
+                names |= read
+        return cls(channel, tuple(fields), data, UNSUBSCRIBE_URL in names)
 
     def render(self, variables: Mapping[str, Any]) -> dict[str, Any]:
         """The rendered content fields; raises RenderError on any template failure."""
         rendered: dict[str, Any] = {}
         field = ""
+        scope = {**_GLOBALS, **variables}  # one per message, shared by its fields
         try:
             for field, renderer in self._fields:
-                rendered[field] = renderer(variables)
+                rendered[field] = renderer(scope)
             if self._data is not None:
                 field = DATA_FIELD
                 data: dict[str, Any] = {}
                 for key, value in self._data:
                     field = f"{DATA_FIELD}.{key}"
-                    data[key] = value(variables)
+                    data[key] = value(scope)
                 rendered[DATA_FIELD] = data
         except RenderError:
             raise
@@ -191,13 +214,16 @@ class CompiledContent:
         return rendered
 
 
-def _compile_data(source: Any) -> tuple[tuple[str, _Value], ...]:
+def _compile_data(source: Any, names: set[str]) -> tuple[tuple[str, _Value], ...]:
+    """The push data's entries compiled; the variables they read are added to `names`."""
     if not isinstance(source, Mapping):
         raise TemplateProblem(DATA_FIELD, None, "must be an object")
     entries: list[tuple[str, _Value]] = []
     for key, value in source.items():
         if isinstance(value, str):
-            entries.append((str(key), _compile_text(f"{DATA_FIELD}.{key}", value)))
+            renderer, read = _compile_text(f"{DATA_FIELD}.{key}", value)
+            entries.append((str(key), renderer))
+            names |= read
         else:
             entries.append((str(key), _constant(value)))  # numbers, lists...: passed as given
     return tuple(entries)

@@ -39,7 +39,8 @@ class Message:
     # Rendered fields: email {from, reply_to?, subject, html?, text?}; sms {from?, body};
     # push {title, body, data?}.
     content: Mapping[str, Any]
-    unsubscribe_url: str | None = None  # email: the RFC 8058 one-click URL
+    # Email: the RFC 8058 one-click URL, when a template or the provider reads it (else None).
+    unsubscribe_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,11 @@ class Provider(Protocol):
     @property
     def settings(self) -> ProviderSettings:
         """Its validated settings."""
+
+    @property
+    def writes_unsubscribe_url(self) -> bool:
+        """Whether it puts `Message.unsubscribe_url` on the wire (SMTP's List-Unsubscribe):
+        else an email's URL is signed only for the templates that read it."""
 
     async def start(self) -> None:
         """Open sessions/pools. Called once before the first send."""

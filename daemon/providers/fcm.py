@@ -135,6 +135,8 @@ def _data(value: Any) -> dict[str, str]:
 class FcmProvider:
     """Sends each push token of a message as one FCM v1 `messages:send` call."""
 
+    writes_unsubscribe_url = False  # the engine signs it only if a template reads it
+
     def __init__(
         self, name: str, settings: FcmProviderSettings, *, clock: Clock | None = None
     ) -> None:

@@ -12,6 +12,8 @@ log = get_logger(__name__)
 class LogProvider:
     """Accepts every message and logs it as `message.logged` (at debug: content included)."""
 
+    writes_unsubscribe_url = False  # the engine signs it only if a template reads it
+
     def __init__(self, name: str, settings: LogProviderSettings) -> None:
         self.name = name
         self.settings = settings

@@ -97,8 +97,8 @@ class _Instance:
 class ProviderHandle:
     """What `for_channel` returns: sends to whichever provider serves the channel now.
 
-    `name` and `settings` follow reloads. The registry owns the lifecycle:
-    `start` and `close` here do nothing.
+    `name`, `settings` and `writes_unsubscribe_url` follow reloads. The registry owns the
+    lifecycle: `start` and `close` here do nothing.
     """
 
     def __init__(self, registry: ProviderRegistry, channel: Channel) -> None:
@@ -107,6 +107,7 @@ class ProviderHandle:
         instance = registry._instance_for(channel)
         self.name = instance.provider.name
         self.settings: ProviderSettings = instance.provider.settings
+        self.writes_unsubscribe_url = instance.provider.writes_unsubscribe_url
 
     def __repr__(self) -> str:
         return f"ProviderHandle(channel={self.channel.value!r}, provider={self.name!r})"
@@ -192,6 +193,7 @@ class ProviderRegistry:
             instance = self._instance_for(channel)
             handle.name = instance.provider.name
             handle.settings = instance.provider.settings
+            handle.writes_unsubscribe_url = instance.provider.writes_unsubscribe_url
 
     async def apply(self, config: Config) -> None:
         """Switch to `config`'s providers; raises (keeping the current ones) if one fails."""

@@ -172,6 +172,8 @@ class _Connection:
 class SmtpProvider:
     """Sends each email through a pool of `pool_size` kept-alive SMTP sessions."""
 
+    writes_unsubscribe_url = True  # List-Unsubscribe (RFC 8058)
+
     def __init__(
         self, name: str, settings: SmtpProviderSettings, *, clock: Clock | None = None
     ) -> None:

@@ -36,6 +36,8 @@ def error_reason(status: int, body: bytes) -> str:
 class TwilioProvider:
     """Sends each SMS as one Messages.json call."""
 
+    writes_unsubscribe_url = False  # the engine signs it only if a template reads it
+
     def __init__(
         self, name: str, settings: TwilioProviderSettings, *, clock: Clock | None = None
     ) -> None:

@@ -53,6 +53,8 @@ def _recipients(message: Message) -> list[tuple[str, dict[str, str]]]:
 class WebhookProvider:
     """POSTs each message as JSON to the configured URL."""
 
+    writes_unsubscribe_url = False  # the engine signs it only if a template reads it
+
     def __init__(
         self, name: str, settings: WebhookProviderSettings, *, clock: Clock | None = None
     ) -> None:
@@ -64,6 +66,7 @@ class WebhookProvider:
         if settings.secret is not None:
             encoded = settings.secret.get_secret_value().removeprefix("whsec_")
             self._signing_key = base64.b64decode(encoded)
+        # Sent with every POST: given to the session once, not merged per request.
         self._static_headers = {
             **{name: value.get_secret_value() for name, value in settings.headers.items()},
             "Content-Type": "application/json",
@@ -80,7 +83,8 @@ class WebhookProvider:
     async def start(self) -> None:
         if self._session is None:
             self._session = http.new_session(
-                concurrency=self.settings.concurrency, timeout=self.settings.timeout
+                concurrency=self.settings.concurrency, timeout=self.settings.timeout,
+                headers=self._static_headers,
             )
 
     async def send(self, message: Message) -> SendResult:
@@ -101,8 +105,7 @@ class WebhookProvider:
         if session is None:
             raise RuntimeError(f"provider {self.name} used before start()")
         body = _body(message_id, message, to)
-        headers = dict(self._static_headers)
-        headers["Idempotency-Key"] = message_id
+        headers = {"Idempotency-Key": message_id}
         if self._signing_key is not None:
             headers.update(self._signature_headers(message_id, body))
         try:
@@ -113,7 +116,8 @@ class WebhookProvider:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise http.connection_failure(exc) from None
         if 200 <= status < 300:
-            parsed = http.json_object(answer)
+            # Most receivers answer `{}` or nothing: parsed only when it may hold an id.
+            parsed = http.json_object(answer) if b'"id"' in answer else None
             answer_id = parsed.get("id") if parsed else None
             if isinstance(answer_id, str | int) and not isinstance(answer_id, bool):
                 return SendResult(provider_message_id=str(answer_id))

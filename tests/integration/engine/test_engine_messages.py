@@ -33,6 +33,7 @@ class Recording:
 
     name = "recording"
     settings = LogProviderSettings()
+    writes_unsubscribe_url = False
 
     def __init__(self) -> None:
         self.messages: list[Message] = []

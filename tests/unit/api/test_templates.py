@@ -109,3 +109,34 @@ def test_sandbox_violations_and_runtime_errors_are_render_errors(source: str) ->
 def test_plain_text_is_not_templated() -> None:
     content = CompiledContent.compile(Channel.SMS, {"body": "100% {off}"})
     assert content.render({}) == {"body": "100% {off}"}
+
+
+def test_fields_share_the_variables_but_not_their_assignments() -> None:
+    content = CompiledContent.compile(Channel.EMAIL, email(
+        subject="{% set promo = 'mine' %}{{ promo }} {{ context.promo }}",
+        text="{{ promo | default('none') }} {% for n in range(2) %}{{ n }}{% endfor %}",
+        html="{{ dict(a=1)['a'] }}",
+    ))
+    for _ in range(2):  # the second message sees none of the first's assignments either
+        rendered = content.render(VARIABLES)
+        assert (rendered["subject"], rendered["text"], rendered["html"]) == (
+            "mine X1", "none 01", "1")
+
+
+@pytest.mark.parametrize(("fields", "uses"), [
+    ({"text": "{{ unsubscribe_url }}"}, True),
+    ({"html": "{% if unsubscribe_url %}<a href='{{ unsubscribe_url }}'>x</a>{% endif %}"}, True),
+    ({"subject": "{{ profile.id }}", "text": "unsubscribe_url"}, False),
+    ({"text": "{% set unsubscribe_url = 'x' %}{{ unsubscribe_url }}"}, False),
+    ({"text": "{# unsubscribe_url #}{{ run.id }}"}, False),
+])
+def test_content_knows_whether_it_reads_the_unsubscribe_url(
+    fields: dict[str, str], uses: bool
+) -> None:
+    assert CompiledContent.compile(Channel.EMAIL, email(**fields)).uses_unsubscribe_url is uses
+
+
+def test_push_data_reading_the_unsubscribe_url_counts() -> None:
+    content = CompiledContent.compile(Channel.PUSH, {
+        "title": "t", "body": "b", "data": {"u": "{{ unsubscribe_url }}", "n": 1}})
+    assert content.uses_unsubscribe_url
