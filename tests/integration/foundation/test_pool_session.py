@@ -1,0 +1,98 @@
+"""Pooled connections are not reset by a query on release (daemon/database.py): what the
+daemon does on them leaves no session state behind for the next user."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from daemon import migrate
+from daemon.clock import SystemClock
+from daemon.database import create_pool
+from daemon.store import Pool
+from daemon.store.listen import Listener
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+async def _each_connection(pool: Pool, query: str) -> list[object]:
+    """`query` on every connection of the pool (all acquired at once)."""
+    size = pool.get_max_size()
+    connections = [await pool.acquire() for _ in range(size)]
+    try:
+        return [await connection.fetchval(query) for connection in connections]
+    finally:
+        for connection in connections:
+            await pool.release(connection)
+
+
+async def test_an_open_transaction_is_rolled_back_on_release(database_url: str) -> None:
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        connection = await pool.acquire()
+        transaction = connection.transaction()
+        await transaction.start()
+        await connection.execute("SET LOCAL statement_timeout = '1234ms'")
+        await connection.execute("CREATE TEMP TABLE leftover (n int) ON COMMIT DROP")
+        await pool.release(connection)  # never committed: asyncpg rolls it back
+        async with pool.acquire() as again:
+            assert not again.is_in_transaction()
+            assert await again.fetchval("SHOW statement_timeout") == "0"
+            assert await again.fetchval("SELECT to_regclass('pg_temp.leftover')") is None
+    finally:
+        await pool.close()
+
+
+async def test_the_migrator_leaves_no_advisory_lock(database_url: str) -> None:
+    pool = await create_pool(database_url, min_size=2, max_size=2)
+    try:
+        await migrate.apply(pool)
+        held = await _each_connection(
+            pool, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                  "AND pid = pg_backend_pid()")
+        assert held == [0, 0]
+    finally:
+        await pool.close()
+
+
+async def test_the_listener_leaves_no_channel_listened(database_url: str) -> None:
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        connected = asyncio.Event()
+        listener = Listener(pool, SystemClock(), {"campaignd_test": lambda _: None},
+                            connected.set)
+        task = asyncio.get_running_loop().create_task(listener.run(), name="test.listener")
+        async with asyncio.timeout(10):
+            await connected.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        async with pool.acquire() as connection:
+            assert await connection.fetch("SELECT pg_listening_channels()") == []
+    finally:
+        await pool.close()
+
+
+def _statements(path: Path) -> list[str]:
+    """The SQL statements of a migration, or the string literals of a module that begin one."""
+    text = path.read_text()
+    if path.suffix == ".sql":
+        text = re.sub(r"--[^\n]*", "", text)
+        return [statement.strip() for statement in text.split(";")]
+    literals = re.finditer(r"""(?<![\w)\]])["']{1,3}([^"']*)""", text)
+    # A literal right after another one continues it (implicit concatenation): not a start.
+    return [match.group(1).strip() for match in literals
+            if not text[:match.start()].rstrip().endswith(("'", '"'))]
+
+
+def test_no_session_level_setting_in_the_sql() -> None:
+    """A `SET` without LOCAL (or `set_config(..., false)`) would outlive its query on a pooled
+    connection: every setting the daemon makes is transaction-local."""
+    sources = [*ROOT.joinpath("daemon").rglob("*.py"), *ROOT.joinpath("migrations").glob("*.sql")]
+    session_set = re.compile(r"(?:SET|RESET)\s+(?!LOCAL\b)(?:SESSION\s+)?[a-z_.]+\s*(?:=|TO\b|$)",
+                             re.IGNORECASE)
+    session_config = re.compile(r"set_config\([^)]*,\s*false\s*\)", re.IGNORECASE)
+    found = [f"{path.relative_to(ROOT)}: {statement[:60]}"
+             for path in sources for statement in _statements(path)
+             if session_set.match(statement) or session_config.search(statement)]
+    assert found == []
