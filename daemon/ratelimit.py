@@ -1,6 +1,6 @@
 """Rate limits: the campaign's pacer and each provider's gate. The only module importing aiolimiter.
 
-A `Pacer` hands out call slots at `rate` per second, evenly spaced:
+A `Pacer` hands out call slots at `rate` per second, evenly spaced (in grains of 5 ms):
 
 - the pace: an aiolimiter leaky bucket leaking at `rate / 1.005`, holding 200 ms of
   calls: a late timer or a short stall (a write, a GC pass) loses no throughput, the
@@ -9,6 +9,10 @@ A `Pacer` hands out call slots at `rate` per second, evenly spaced:
   grains of 10 ms), so what a stall held back goes out over the next moments, not in
   one burst (machine-limits §3: never a bucket of one second's capacity released at
   once, never capacity 1 at high rates);
+- slots are taken from the buckets a grain at a time: `max(1, rate × 5 ms)` slots per wait,
+  handed out to the callers waiting without waking them again. One timer per grain rather
+  than per call: at 2,000/s, 200 timers a second instead of 2,000, and none shorter than
+  a few ms, which uvloop's 1 ms clock would turn into a busy spin (machine-limits §3);
 - both buckets start (and, after an idle spell, restart) nearly full rather than empty,
   so the first call goes at once and no start burst follows (aiolimiter's bucket starts
   empty: it would release its whole capacity at once);
@@ -47,21 +51,26 @@ MAX_GUARDED_RATE = 100_000
 MARGIN = 0.005
 GUARD_MARGIN = 0.0025
 BANK_SECONDS = 0.2  # calls held back by a stall that are still caught up
-CATCH_UP = 1.35  # at most this × the rate while catching up (100 ms windows < 0.15 × rate)
+# At most this × the rate while catching up: a 100 ms window then holds at most
+# CATCH_UP × rate × (0.1 + GRAIN_SECONDS) + a chunk = 0.148 × rate (goal < 0.15 × rate).
+CATCH_UP = 1.3
 GRAIN_SECONDS = 0.01  # the smoothing bucket's size, in time at the catch-up rate
+CHUNK_SECONDS = 0.005  # slots taken from the buckets at once (at least one)
 
 
 class _Bucket:
-    """An aiolimiter bucket that restarts nearly full, not empty, after running dry."""
+    """An aiolimiter bucket, taken `chunk` at a time, that restarts nearly full, not empty,
+    after running dry."""
 
-    def __init__(self, rate: float, seconds: float) -> None:
-        self.capacity = max(2.0, rate * seconds)
+    def __init__(self, rate: float, seconds: float, chunk: int) -> None:
+        self.capacity = max(2.0, rate * seconds, 2.0 * chunk)
+        self.chunk = chunk
         self.limiter = AsyncLimiter(self.capacity, self.capacity / rate)
 
     async def acquire(self) -> None:
         if self.limiter.has_capacity(self.capacity):  # empty: first use, or idle a while
-            await self.limiter.acquire(self.capacity - 1.0)
-        await self.limiter.acquire()
+            await self.limiter.acquire(self.capacity - self.chunk)
+        await self.limiter.acquire(self.chunk)
 
 
 class Pacer:
@@ -73,8 +82,10 @@ class Pacer:
             raise ValueError("rate must be positive")
         self.rate = rate
         paced = rate / (1.0 + margin)
-        self._pace = _Bucket(paced, BANK_SECONDS)
-        self._smooth = _Bucket(paced * CATCH_UP, GRAIN_SECONDS)
+        self._chunk = max(1, round(paced * CHUNK_SECONDS))
+        self._pace = _Bucket(paced, BANK_SECONDS, self._chunk)
+        self._smooth = _Bucket(paced * CATCH_UP, GRAIN_SECONDS, self._chunk)
+        self._slots = 0  # taken from the buckets, not yet handed out
         guard = max(1, math.floor(rate)) if rate <= MAX_GUARDED_RATE else 0
         self._guard_size = guard
         self._guard_window = guard / rate * (1.0 + guard_margin)
@@ -92,8 +103,11 @@ class Pacer:
 
     async def token(self) -> None:
         """Wait for the pace (call inside `turn`)."""
-        await self._pace.acquire()
-        await self._smooth.acquire()
+        if self._slots == 0:
+            await self._pace.acquire()
+            await self._smooth.acquire()
+            self._slots = self._chunk
+        self._slots -= 1
 
     async def window(self) -> None:
         """Wait until a call now keeps every sliding window within the rate (inside `turn`)."""

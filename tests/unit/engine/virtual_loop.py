@@ -19,6 +19,8 @@ class _InstantSelector(selectors.SelectSelector):
         self._loop = loop
 
     def select(self, timeout: float | None = None) -> list[Any]:
+        if timeout is None or timeout > 0:
+            self._loop.waits += 1
         if timeout is not None:
             # Each pass of the loop takes a little time, as a real one does (a timer due
             # "in 1e-16 s" would otherwise never come).
@@ -28,13 +30,20 @@ class _InstantSelector(selectors.SelectSelector):
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self, *, late_by: float = 0.0, seed: int = 1) -> None:
+    """`resolution`: the clock's step as `time()` reads it (uvloop's is 1 ms); `waits`
+    counts the loop's waits for a timer (its timed wake-ups)."""
+
+    def __init__(self, *, late_by: float = 0.0, seed: int = 1, resolution: float = 0.0) -> None:
         self._now = 1000.0
         self._late_by = late_by
         self._random = random.Random(seed)
+        self._resolution = resolution
+        self.waits = 0
         super().__init__(selector=_InstantSelector(self))
 
     def time(self) -> float:
+        if self._resolution:
+            return self._now - self._now % self._resolution
         return self._now
 
     def advance(self, seconds: float) -> None:
