@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from bench.baseline import like_the_daemon
 from bench.harness import ChildProcess, Harness, run_to_end
 from bench.runner import Options, main
 from bench.stats import rate_profile, ratio
@@ -57,7 +58,7 @@ async def bench(options: Options) -> dict[str, Any]:
         baseline_count = 2000 * BASELINE_SECONDS[options.smoke]
         baseline = ChildProcess(
             ["-m", "bench.baseline", "--url", gateway.hook_url, "--count", str(baseline_count),
-             "--rate", "2000", "--run-id", "baseline"], "baseline")
+             "--rate", "2000", "--run-id", "baseline", *like_the_daemon()], "baseline")
         await baseline.start()
         baseline_result = await baseline.output(within=baseline_count / 2000 + 60)
         baseline_arrivals = await gateway.arrivals()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.baseline import like_the_daemon
 from bench.harness import ChildProcess, Harness, run_to_end
 from bench.runner import Options, main
 from bench.stats import achieved_rate, ratio
@@ -45,7 +46,8 @@ async def bench(options: Options) -> dict[str, Any]:
         await gateway.reset()
         baseline_count = min(count, BASELINE_MAX)
         baseline = ChildProcess(
-            ["-m", "bench.baseline", "--url", gateway.hook_url, "--count", str(baseline_count)],
+            ["-m", "bench.baseline", "--url", gateway.hook_url, "--count", str(baseline_count),
+             *like_the_daemon()],
             "baseline")
         await baseline.start()
         baseline_result = await baseline.output(within=baseline_count / 500 + 60)

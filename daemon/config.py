@@ -99,6 +99,8 @@ class LimitsSection(_Section):
 class EngineSection(_Section):
     lease_ttl: Duration = Field(default=15.0, ge=1.0, le=3600.0)
     checkpoint_interval: Duration = Field(default=1.0, gt=0, le=60.0)
+    # "auto": uvloop when installed (a dependency on Linux and macOS), else asyncio's loop.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
 class DeliverySection(_Section):

@@ -5,7 +5,7 @@ A `Pacer` hands out call slots at `rate` per second, evenly spaced (in grains of
 - the pace: an aiolimiter leaky bucket leaking at `rate / 1.005`, holding 200 ms of
   calls: a late timer or a short stall (a write, a GC pass) loses no throughput, the
   calls behind are caught up;
-- the catch-up is smoothed: a second bucket lets at most 1.35 × the rate through (in
+- the catch-up is smoothed: a second bucket lets at most 1.3 × the rate through (in
   grains of 10 ms), so what a stall held back goes out over the next moments, not in
   one burst (machine-limits §3: never a bucket of one second's capacity released at
   once, never capacity 1 at high rates);

@@ -8,6 +8,7 @@ import gc
 import sys
 import warnings
 from collections.abc import Callable
+from typing import Literal
 
 from daemon import __version__, logs
 from daemon.cli import admin, campaigns, profiles, runs, trigger
@@ -25,6 +26,24 @@ COMMAND_MODULES: list[Callable[[argparse._SubParsersAction[argparse.ArgumentPars
 ]
 
 
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def event_loop(choice: Literal["auto", "uvloop", "asyncio"]) -> tuple[LoopFactory | None, str]:
+    """The loop factory for `engine.event_loop` (None: asyncio's default) and its name.
+    "auto" is uvloop when it is installed (a dependency on Linux and macOS)."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise CampaigndError(
+                    'engine.event_loop = "uvloop", but uvloop is not installed') from None
+        else:
+            return uvloop.new_event_loop, "uvloop"
+    return None, "asyncio"
+
+
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args)
     logs.configure(config.log.level, config.log.format)
@@ -37,7 +56,10 @@ def _run(args: argparse.Namespace) -> int:
     daemon = Daemon(config, apply_migrations=not args.no_migrate,
                     stage_factories=default_stages())
     try:
-        return asyncio.run(daemon.run())
+        factory, name = event_loop(config.engine.event_loop)
+        logs.get_logger(__name__).info("event_loop.chosen", loop=name)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(daemon.run())
     except CampaigndError as exc:
         logs.get_logger(__name__).error("daemon.failed", error=str(exc))
         return 1
