@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncpg
 from aiohttp import web
 
 from daemon import imports
@@ -77,11 +76,7 @@ async def add_members(request: web.Request) -> web.Response:
             parser = imports.MemberRows(fmt, tally)
             await audiences.copy_member_rows(conn, imports.rows(bulk.chunks(request), parser))
             unknown, first_unknown = await audiences.unknown_members(conn, imports.MAX_REPORTED)
-            try:
-                added = await audiences.add_staged_members(conn, identifier)
-            except asyncpg.ForeignKeyViolationError:
-                raise problem(409, "conflict", "a profile was erased while being added; "
-                              "send the list again") from None
+            added = await audiences.add_staged_members(conn, identifier)
     unknown_errors = [
         LineError(row["line"], f"no profile with id {row['profile_id']!r}")
         for row in first_unknown

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncpg
 from aiohttp import web
 
 from daemon import imports
@@ -82,18 +81,17 @@ async def import_profiles(request: web.Request) -> web.Response:
             await profiles.create_import_table(conn)
             parser = imports.ProfileRows(fmt, tally)
             await profiles.copy_import_rows(conn, imports.rows(bulk.chunks(request), parser))
-            created, updated = await profiles.merge_import(conn, ctx.clock.now())
+            merged = await profiles.merge_import(conn, ctx.clock.now())
+            if merged.created + merged.updated != merged.profiles:
+                raise problem(409, "conflict", "profiles were written or erased during the "
+                              "import; run it again")
             if query.audience is not None:
-                try:
-                    added = await profiles.add_imported_to_audience(conn, query.audience)
-                except asyncpg.ForeignKeyViolationError:
-                    raise problem(409, "conflict", "a profile was erased during the import; "
-                                  "run it again") from None
+                added = await profiles.add_imported_to_audience(conn, query.audience)
     result = {
         "received": tally.received,
         "imported": tally.received - tally.rejected,
-        "created": created,
-        "updated": updated,
+        "created": merged.created,
+        "updated": merged.updated,
         "rejected": tally.rejected,
         "errors": bulk.line_errors(tally),
         "audience": query.audience,

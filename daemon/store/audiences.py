@@ -9,6 +9,8 @@ from daemon.store import Connection, Executor, Record
 
 # Bulk statements may run long (millions of rows): past the pool's default command timeout.
 BULK_TIMEOUT = 3600.0
+# Room for a bulk statement's sorts and hashes (a million lines) to stay in memory.
+BULK_WORK_MEM = "256MB"
 
 _WITH_SIZE = """
     SELECT a.id, a.name, a.created_at, a.updated_at,
@@ -37,7 +39,7 @@ async def get(db: Executor, audience_id: str) -> Record | None:
 
 
 async def delete(db: Executor, audience_id: str) -> bool:
-    """Delete the audience and its memberships (profiles stay)."""
+    """Delete the audience and its memberships (a trigger deletes them; profiles stay)."""
     result: str = await db.execute("DELETE FROM audiences WHERE id = $1", audience_id)
     return result == "DELETE 1"
 
@@ -62,6 +64,7 @@ async def remove_member(db: Executor, audience_id: str, profile_id: str) -> bool
 
 
 async def create_member_table(conn: Connection) -> None:
+    await conn.execute(f"SET LOCAL work_mem = '{BULK_WORK_MEM}'")
     await conn.execute(
         "CREATE TEMP TABLE member_import (line bigint, profile_id text) ON COMMIT DROP"
     )
@@ -91,13 +94,19 @@ async def unknown_members(conn: Connection, limit: int) -> tuple[int, list[Recor
 
 async def add_staged_members(conn: Connection, audience_id: str) -> int:
     """Add the staged profiles that exist, in the order of their first line; returns how many
-    were not members yet."""
+    were not members yet. The profiles are locked FOR KEY SHARE as they are read (an
+    erasure waits for this transaction, then its trigger removes the new memberships; a
+    profile erased meanwhile is skipped): memberships have no foreign key."""
     result: str = await conn.execute(
         """
         INSERT INTO audience_members (audience_id, profile_id)
-        SELECT $1, m.profile_id FROM member_import m
-        WHERE EXISTS (SELECT 1 FROM profiles p WHERE p.id = m.profile_id)
-        GROUP BY m.profile_id ORDER BY min(m.line)
+        SELECT $1, s.id FROM (
+            SELECT p.id, m.line FROM member_import m JOIN profiles p ON p.id = m.profile_id
+            FOR KEY SHARE OF p
+        ) s
+        WHERE NOT EXISTS (SELECT 1 FROM audience_members a
+                          WHERE a.audience_id = $1 AND a.profile_id = s.id)
+        GROUP BY s.id ORDER BY min(s.line)
         ON CONFLICT DO NOTHING
         """,
         audience_id, timeout=BULK_TIMEOUT,

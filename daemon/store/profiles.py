@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from daemon.store import Connection, Executor, Record
-from daemon.store.audiences import BULK_TIMEOUT
+from daemon.store.audiences import BULK_TIMEOUT, BULK_WORK_MEM
 
 _COLUMNS = (
     "id, email, phone, push_tokens, attributes, sub_email, sub_sms, sub_push, created_at, "
@@ -62,7 +62,7 @@ async def get(db: Executor, profile_id: str) -> Record | None:
 
 
 async def delete(db: Executor, profile_id: str) -> bool:
-    """Erase the profile and its audience memberships (ON DELETE CASCADE)."""
+    """Erase the profile and its audience memberships (a trigger deletes them)."""
     result: str = await db.execute("DELETE FROM profiles WHERE id = $1", profile_id)
     return result == "DELETE 1"
 
@@ -74,7 +74,9 @@ IMPORT_COLUMNS = ("line", "id", "email", "phone", "push_tokens", "attributes", "
 
 
 async def create_import_table(conn: Connection) -> None:
-    """The staging table of one import (dropped at commit)."""
+    """The staging table of one import (dropped at commit), and memory enough for the
+    import's sorts and hashes to stay off disk (this transaction only)."""
+    await conn.execute(f"SET LOCAL work_mem = '{BULK_WORK_MEM}'")
     await conn.execute(
         """
         CREATE TEMP TABLE profile_import (
@@ -93,12 +95,35 @@ async def copy_import_rows(conn: Connection, rows: AsyncIterable[tuple[Any, ...]
                                      timeout=BULK_TIMEOUT)
 
 
-_LATEST = "(SELECT DISTINCT ON (id) * FROM profile_import ORDER BY id, line DESC)"
+@dataclass(frozen=True, slots=True)
+class Merged:
+    created: int
+    updated: int
+    profiles: int  # distinct ids staged: created + updated unless a concurrent write raced
 
 
-async def merge_import(conn: Connection, now: datetime) -> tuple[int, int]:
+async def merge_import(conn: Connection, now: datetime) -> Merged:
     """Apply the staged lines (the last line of an id wins): fields given replace the stored
-    ones, attributes merge key by key, absent fields are kept. Returns (created, updated)."""
+    ones, attributes merge key by key, absent fields are kept.
+
+    The lines are folded once into `profile_latest` (one row per id, in id order, with the
+    id's first line for the audience order); the table is analysed so that the joins are
+    hash joins, not a million index probes. When created + updated == profiles, every
+    staged profile is either new in this transaction or row-locked by its UPDATE, so no
+    erasure can remove it before commit (memberships rely on that; they have no foreign
+    key). Otherwise a concurrent write raced the import: the caller gives up."""
+    await conn.execute("ANALYZE profile_import", timeout=BULK_TIMEOUT)
+    folded = await conn.execute(
+        """
+        CREATE TEMP TABLE profile_latest ON COMMIT DROP AS
+        SELECT DISTINCT ON (id) id, email, phone, push_tokens, attributes::jsonb AS attributes,
+               sub_email, sub_sms, sub_push, given,
+               min(line) OVER (PARTITION BY id) AS first_line
+        FROM profile_import ORDER BY id, line DESC
+        """,
+        timeout=BULK_TIMEOUT,
+    )
+    await conn.execute("ANALYZE profile_latest", timeout=BULK_TIMEOUT)
     updated = await conn.execute(
         f"""
         UPDATE profiles p SET
@@ -107,39 +132,43 @@ async def merge_import(conn: Connection, now: datetime) -> tuple[int, int]:
             push_tokens = CASE WHEN l.given & {GIVEN_PUSH_TOKENS} <> 0
                                THEN coalesce(l.push_tokens, '{{}}') ELSE p.push_tokens END,
             attributes = CASE WHEN l.given & {GIVEN_ATTRIBUTES} <> 0
-                              THEN p.attributes || coalesce(l.attributes::jsonb, '{{}}')
+                              THEN p.attributes || coalesce(l.attributes, '{{}}')
                               ELSE p.attributes END,
             sub_email = coalesce(l.sub_email, p.sub_email),
             sub_sms = coalesce(l.sub_sms, p.sub_sms),
             sub_push = coalesce(l.sub_push, p.sub_push),
             updated_at = $1
-        FROM {_LATEST} l
+        FROM profile_latest l
         WHERE p.id = l.id
         """,
         now, timeout=BULK_TIMEOUT,
     )
     created = await conn.execute(
-        f"""
+        """
         INSERT INTO profiles (id, email, phone, push_tokens, attributes, sub_email, sub_sms,
                               sub_push, created_at, updated_at)
-        SELECT l.id, l.email, l.phone, coalesce(l.push_tokens, '{{}}'),
-               coalesce(l.attributes::jsonb, '{{}}'), coalesce(l.sub_email, true),
+        SELECT l.id, l.email, l.phone, coalesce(l.push_tokens, '{}'),
+               coalesce(l.attributes, '{}'), coalesce(l.sub_email, true),
                coalesce(l.sub_sms, true), coalesce(l.sub_push, true), $1, $1
-        FROM {_LATEST} l
+        FROM profile_latest l
         WHERE NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = l.id)
         ON CONFLICT (id) DO NOTHING
         """,
         now, timeout=BULK_TIMEOUT,
     )
-    return _count(created), _count(updated)
+    return Merged(_count(created), _count(updated), _count(folded))
 
 
 async def add_imported_to_audience(conn: Connection, audience_id: str) -> int:
-    """Add every staged profile to the audience, in the order of their first line."""
+    """Add the staged profiles that are not members yet, in the order of their first line
+    (after `merge_import`, whose row locks stand in for a foreign key)."""
     result = await conn.execute(
         """
         INSERT INTO audience_members (audience_id, profile_id)
-        SELECT $1, id FROM profile_import GROUP BY id ORDER BY min(line)
+        SELECT $1, l.id FROM profile_latest l
+        WHERE NOT EXISTS (SELECT 1 FROM audience_members m
+                          WHERE m.audience_id = $1 AND m.profile_id = l.id)
+        ORDER BY l.first_line
         ON CONFLICT DO NOTHING
         """,
         audience_id, timeout=BULK_TIMEOUT,

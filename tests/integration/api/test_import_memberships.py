@@ -1,0 +1,76 @@
+"""Memberships without foreign keys: erasures remove them, even while an import holds them;
+re-imports count and add correctly."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.integration.api.conftest import Api
+from tests.integration.api.test_audiences import NDJSON
+from tests.integration.api.test_audiences import _order as _members
+
+
+async def _waiting_on_a_lock(api: Api) -> None:
+    async with asyncio.timeout(10):
+        while not await api.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"
+        ):
+            await asyncio.sleep(0.01)
+
+
+async def test_reimport_counts_updates_and_adds_only_new_members(api: Api) -> None:
+    await api.json("PUT", "/v1/audiences/a", 201, json={})
+    body = '{"id": "x", "attributes": {"k": 1}}\n{"id": "y"}\n{"id": "x", "email": "x@e.io"}\n'
+    first = await api.json("POST", "/v1/profiles/import?audience=a", 200, data=body,
+                           headers=NDJSON)
+    assert (first["created"], first["updated"], first["added_to_audience"]) == (2, 0, 2)
+    again = body + '{"id": "z"}\n'
+    second = await api.json("POST", "/v1/profiles/import?audience=a", 200, data=again,
+                            headers=NDJSON)
+    assert (second["created"], second["updated"], second["added_to_audience"]) == (1, 2, 1)
+    assert await _members(api, "a") == ["x", "y", "z"]
+    profile = await api.json("GET", "/v1/profiles/x", 200)
+    assert (profile["email"], profile["attributes"]) == ("x@e.io", {})  # its last line wins
+
+
+async def test_erasing_a_profile_held_by_an_import_removes_the_new_membership(api: Api) -> None:
+    await api.audience("a", "p1")
+    await api.audience("b")
+    async with api.pool.acquire() as conn, conn.transaction():
+        # What an import holds before its commit: the updated profile and its membership.
+        await conn.execute("UPDATE profiles SET email = 'e@x.io' WHERE id = 'p1'")
+        await conn.execute("INSERT INTO audience_members (audience_id, profile_id) "
+                           "VALUES ('b', 'p1')")
+        erase = asyncio.create_task(api.json("DELETE", "/v1/profiles/p1", 204))
+        await _waiting_on_a_lock(api)
+    await erase
+    assert await api.pool.fetchval(
+        "SELECT count(*) FROM audience_members WHERE profile_id = 'p1'") == 0
+
+
+async def test_deleting_an_audience_held_by_an_import_removes_its_new_members(api: Api) -> None:
+    await api.audience("a", "p1")
+    async with api.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT true FROM audiences WHERE id = 'a' FOR KEY SHARE")
+        await conn.execute("INSERT INTO audience_members (audience_id, profile_id) "
+                           "VALUES ('a', 'late')")
+        delete = asyncio.create_task(api.json("DELETE", "/v1/audiences/a", 204))
+        await _waiting_on_a_lock(api)
+    await delete
+    assert await _members(api, "a") == []
+
+
+async def test_adding_members_skips_a_profile_erased_meanwhile(api: Api) -> None:
+    await api.audience("a")
+    await api.audience("b", "p1", "p2")
+    async with api.pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM profiles WHERE id = 'p1'")
+        add = asyncio.create_task(api.json(
+            "POST", "/v1/audiences/a/members", 200, headers=NDJSON,
+            data='{"profile_id": "p1"}\n{"profile_id": "p2"}\n'))
+        await _waiting_on_a_lock(api)
+    result = await add
+    assert result["added"] == 1
+    assert await _members(api, "a") == ["p2"]
+    assert await _members(api, "b") == ["p2"]
