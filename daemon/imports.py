@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from daemon.api.fields import EMAIL_PATTERN, MAX_OBJECT_BYTES, PHONE_PATTERN
 from daemon.api.people_schemas import ProfileLine
-from daemon.api.validation import decode_storable, field_errors
+from daemon.api.validation import MAX_DEPTH, decode_storable, field_errors
 from daemon.errors import Problem
 from daemon.models import ID_PATTERN
 from daemon.store.profiles import GIVEN_ATTRIBUTES, GIVEN_EMAIL, GIVEN_PHONE, GIVEN_PUSH_TOKENS
@@ -46,6 +46,20 @@ Line = tuple[int, str | None]  # (1-based number, text; None: unreadable)
 ProfileRow = tuple[Any, ...]  # store.profiles.IMPORT_COLUMNS
 _GIVEN_BITS = {"email": GIVEN_EMAIL, "phone": GIVEN_PHONE, "push_tokens": GIVEN_PUSH_TOKENS,
                "attributes": GIVEN_ATTRIBUTES}
+_PLAIN_KEYS = frozenset(("id", "email", "phone", "attributes"))
+
+
+def _refuse_float(text: str) -> float:
+    raise ValueError(text)  # not for the plain path (non-finite numbers need the full one)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+# The C scanner of a decoder built once (json.loads with hooks builds one per call).
+_SCAN: Callable[[str, int], tuple[Any, int]] = vars(
+    json.JSONDecoder(parse_float=_refuse_float, parse_constant=_refuse_constant))["scan_once"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,23 +249,34 @@ class _BulkParser:
 
     def _ndjson(self, lines: list[Line]) -> list[Any]:
         rows: list[Any] = []
+        self.tally.received += len(lines)
+        plain = self.plain_row
         for number, text in lines:
-            self.tally.received += 1
             if text is None:
                 self.tally.refuse(number, _UNREADABLE)
                 continue
-            try:
-                value = decode_storable(text.encode())
-            except Problem as exc:
-                reason = exc.errors[0] if exc.errors else None
-                self.tally.refuse(number, f"{reason.loc}: {reason.msg}" if reason and reason.loc
-                                  else reason.msg if reason else exc.detail or "invalid JSON")
-                continue
-            # A line within the object limit cannot hold a larger object: no need to measure.
-            row = self.json_row(number, value, len(text) <= MAX_OBJECT_BYTES)
+            row = plain(number, text)
+            if row is None:
+                row = self._checked_row(number, text)
             if row is not None:
                 rows.append(row)
         return rows
+
+    def _checked_row(self, number: int, text: str) -> Any:
+        """The row of a line through the full checks (every reason reported), or None."""
+        try:
+            value = decode_storable(text.encode())
+        except Problem as exc:
+            reason = exc.errors[0] if exc.errors else None
+            self.tally.refuse(number, f"{reason.loc}: {reason.msg}" if reason and reason.loc
+                              else reason.msg if reason else exc.detail or "invalid JSON")
+            return None
+        # A line within the object limit cannot hold a larger object: no need to measure.
+        return self.json_row(number, value, len(text) <= MAX_OBJECT_BYTES)
+
+    def plain_row(self, number: int, text: str) -> Any:
+        """The row of a line the full checks would take as is, or None for those to decide."""
+        return None
 
     def configure(self, header: list[str]) -> None:
         raise NotImplementedError
@@ -261,6 +286,15 @@ class _BulkParser:
 
     def json_row(self, number: int, value: Any, small: bool) -> Any:
         raise NotImplementedError
+
+
+def _encode_object(value: dict[str, Any]) -> str:
+    """`value` as compact JSON: flat string pairs spelled out directly (two C calls a pair,
+    not a JSON encoder made for each object), anything else by the encoder."""
+    for item in value.values():
+        if type(item) is not str:
+            return _ENCODE(value)
+    return "{" + ",".join([f"{_quote(key)}:{_quote(item)}" for key, item in value.items()]) + "}"
 
 
 def _bad_id(value: str) -> str | None:
@@ -305,6 +339,38 @@ class ProfileRows(_BulkParser):
                  | (GIVEN_PUSH_TOKENS if token else 0) | (GIVEN_ATTRIBUTES if encoded else 0))
         return (number, profile_id, email or None, phone or None, [token] if token else None,
                 encoded, None, None, None, given)
+
+    def plain_row(self, number: int, text: str) -> ProfileRow | None:
+        """The usual line (id, email, phone, attributes; no escapes, no numbers with a
+        fraction) checked without pydantic: anything else, valid or not, and any doubt,
+        goes to the full checks (`json_row`), which alone word the refusals."""
+        if "\\u" in text or len(text) > MAX_OBJECT_BYTES or (
+            text.count("{") + text.count("[") > MAX_DEPTH
+        ):
+            return None
+        try:
+            value, end = _SCAN(text, 0)
+        except (StopIteration, ValueError, RecursionError):
+            return None
+        if end != len(text) or type(value) is not dict or not value.keys() <= _PLAIN_KEYS:
+            return None
+        profile_id = value.get("id")
+        email = value.get("email")
+        phone = value.get("phone")
+        attributes = value.get("attributes")
+        if type(profile_id) is not str or not _ID.fullmatch(profile_id) or (
+            email is not None
+            and (type(email) is not str or len(email) > 254 or not _EMAIL.fullmatch(email))
+        ) or (
+            phone is not None and (type(phone) is not str or not _PHONE.fullmatch(phone))
+        ) or (attributes is not None and type(attributes) is not dict):
+            return None
+        given = 0
+        for name in value:
+            given |= _GIVEN_BITS.get(name, 0)
+        return (number, profile_id, email, phone, None,
+                None if attributes is None else _encode_object(attributes),
+                None, None, None, given)
 
     def json_row(self, number: int, value: Any, small: bool) -> ProfileRow | None:
         try:

@@ -125,3 +125,32 @@ async def test_only_the_first_hundred_errors_are_kept() -> None:
     tally = Tally()
     await _rows(MemberRows("ndjson", tally), "x\n" * 250, size=100)
     assert (tally.received, tally.rejected, len(tally.errors)) == (250, 250, 100)
+
+
+@pytest.mark.parametrize("line", [
+    '{"id":"p1","email":"a@b.co","attributes":{"first_name":"Ann"}}',
+    '{"id":"p1","attributes":{"n":1,"x":[1,2],"y":null,"z":true,"ü":"é\\"q"}}',
+    '{"id":"p1","email":null,"phone":"+331234","attributes":null}',
+    '{"id":"p1","id":"p2"}',
+    '{"id":"p1\\n"}', '{"id":"p 1"}', '{"id":""}', '{"id":1}', '{"email":"a@b.co"}',
+    '{"id":"p1","email":"a@b"}', '{"id":"p1","email":"a\u00a0b@c.de"}',
+    '{"id":"p1","email":"a\x1cb@c.de"}', '{"id":"p1","phone":"+0123"}',
+    '{"id":"p1","attributes":[]}', '{"id":"p1","extra":1}', '{"id":"p1"} ', ' {"id":"p1"}',
+    '{"id":"p1","attributes":{"a":1.5}}', '{"id":"p1","attributes":{"a":1e999}}',
+    '{"id":"p1","attributes":{"a":NaN}}', '{"id":"p\\u0031"}', '[1]', '"x"', '{"id":"p1"',
+])
+def test_the_plain_path_takes_a_line_only_as_the_full_checks_would(line: str) -> None:
+    plain = ProfileRows("ndjson", Tally()).plain_row(7, line)
+    tally = Tally()
+    checked = ProfileRows("ndjson", tally)._checked_row(7, line)
+    if plain is not None:
+        assert plain[:5] + plain[6:] == checked[:5] + checked[6:]
+        assert json.loads(plain[5] or "null") == json.loads(checked[5] or "null")
+    assert (checked is None) == (tally.rejected == 1)
+
+
+def test_usual_lines_take_the_plain_path() -> None:
+    rows = ProfileRows("ndjson", Tally())
+    assert rows.plain_row(1, '{"id":"p1","email":"a@b.co","attributes":{"k":"v","n":2}}') == (
+        1, "p1", "a@b.co", None, None, '{"k":"v","n":2}', None, None, None, 9)
+    assert rows.plain_row(2, '{"id":"p1","attributes":{"a":1.5}}') is None
