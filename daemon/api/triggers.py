@@ -181,18 +181,18 @@ async def _create(ctx: AppContext, trigger: TriggerRequest) -> tuple[dict[str, A
     if created.run_id is not None and created.scheduled_for is not None:
         return _accepted(created.run_id, "scheduled", created.scheduled_for,
                          trigger.campaign_id), True
+    # Nothing was made. A key already used answers with its run, whatever the campaign's
+    # state now (a replay, or a concurrent duplicate that won); else the campaign says why.
+    existing = await store.keyed_run(ctx.pool, trigger.campaign_id, key) if key else None
+    if existing is not None:
+        return _replay(existing, trigger), False
     target = created.target
-    if target.existing is not None:
-        return _replay(target.existing, trigger), False
     refusal = _refusal(target, now)
     if refusal is not None:
         raise refusal
     _audience(trigger, target)
-    # The campaign took the trigger, but a unique constraint held another run: a concurrent
-    # duplicate of this key, or the one-shot campaign's single run.
-    existing = await store.keyed_run(ctx.pool, trigger.campaign_id, key) if key else None
-    if existing is not None:
-        return _replay(existing, trigger), False
+    # The campaign took the trigger, but `runs_one_shot` held its single run (a concurrent
+    # trigger of a one-shot campaign won).
     raise problem(409, "campaign_already_triggered",
                   "a one-shot campaign (no end_at) takes a single trigger")
 
