@@ -160,7 +160,13 @@ class ProviderGate:
 
     def paused_for(self) -> float:
         """Seconds of pause left (0 when not paused)."""
-        return max(0.0, self._paused_until - asyncio.get_running_loop().time())
+        if not self._paused_until:  # never paused, or the pause is over: no clock read
+            return 0.0
+        left = self._paused_until - asyncio.get_running_loop().time()
+        if left <= 0:
+            self._paused_until = 0.0
+            return 0.0
+        return left
 
     async def wait_unpaused(self) -> None:
         # A deadline that a later 429 may push back, not an event: look again after sleeping.

@@ -112,14 +112,14 @@ class ProviderCalls:
     def _prepare(self, run: RunExecution, recipient: Claimed, provider: Provider
                  ) -> Message | None:
         """The rendered message; None when there is nothing to send (outcome recorded)."""
-        now = self.clock.now()
         if not recipient.subscribed:
-            self._record(delivery.unsubscribed(run, recipient, now))
+            self._record(delivery.unsubscribed(run, recipient, self.clock.now()))
             return None
         if self.content is None:  # the run is failing as a whole (the control loop closes it)
             assert self.content_error is not None
             self._record(delivery.render_failure(run, recipient,
-                                                 RenderError(self.content_error), now))
+                                                 RenderError(self.content_error),
+                                                 self.clock.now()))
             return None
         try:
             return delivery.build_message(
@@ -127,7 +127,7 @@ class ProviderCalls:
                 self.services.unsubscribe_key,
                 provider_writes_unsubscribe=provider.writes_unsubscribe_url)
         except RenderError as exc:
-            self._record(delivery.render_failure(run, recipient, exc, now))
+            self._record(delivery.render_failure(run, recipient, exc, self.clock.now()))
             return None
 
     async def _admit(self, run: RunExecution, recipient: Claimed, *, paced: bool

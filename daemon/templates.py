@@ -121,11 +121,14 @@ def _constant(value: Any) -> _Value:
 def _compiled(field: str, template: Template) -> _Renderer:
     environment = template.environment
     root = template.root_render_func
+    new_context = environment.context_class
+    name, blocks = template.name, template.blocks
 
     def render(scope: Mapping[str, Any]) -> str:
-        # `Template.render` without its per-call copy of the globals and the variables:
-        # `scope` holds both already; the template's own assignments go to its context.
-        context = template.new_context(scope, shared=True)  # type: ignore[arg-type]
+        # `Template.render` without its per-call copies of the globals (a ChainMap, copied
+        # twice) and the variables: `scope` holds both already; the template's own
+        # assignments go to its context.
+        context = new_context(environment, scope, name, blocks)  # type: ignore[arg-type]
         text = str(environment.concat(root(context)))
         if len(text) > MAX_RENDERED_CHARS:
             raise RenderError(f"content.{field}: rendered text longer than {MAX_RENDERED_CHARS}")
