@@ -20,11 +20,15 @@ __all__ = ["Pool", "create_pool", "open_database"]
 log = get_logger(__name__)
 
 
+# One encoder for every value (`json.dumps` with options builds a new one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 async def _init_connection(connection: asyncpg.Connection) -> None:
     for type_name in ("json", "jsonb"):
         await connection.set_type_codec(
             type_name,
-            encoder=lambda value: json.dumps(value, separators=(",", ":"), ensure_ascii=False),
+            encoder=_ENCODER.encode,
             decoder=json.loads,
             schema="pg_catalog",
         )

@@ -33,6 +33,9 @@ from daemon.providers.settings import WebhookProviderSettings
 
 log = get_logger(__name__)
 
+# One encoder for every body (`json.dumps` with options builds a new one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 
 def _recipients(message: Message) -> list[tuple[str, dict[str, str]]]:
     """(id, `to` object) per POST for `message`: one, or one per push token."""
@@ -159,7 +162,7 @@ def _body(message_id: str, message: Message, to: dict[str, str]) -> bytes:
         "to": to,
         "content": message.content,
     }
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(document).encode()
 
 
 def _combine(outcomes: list[SendResult | BaseException]) -> SendResult:
