@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
 
 from daemon import imports
@@ -81,8 +82,11 @@ async def import_profiles(request: web.Request) -> web.Response:
             await profiles.create_import_table(conn)
             parser = imports.ProfileRows(fmt, tally)
             await profiles.copy_import_rows(conn, imports.rows(bulk.chunks(request), parser))
-            merged = await profiles.merge_import(conn, ctx.clock.now())
-            if merged.created + merged.updated != merged.profiles:
+            try:
+                merged = await profiles.merge_import(conn, ctx.clock.now())
+            except asyncpg.UniqueViolationError:
+                merged = None
+            if merged is None or merged.created + merged.updated != merged.profiles:
                 raise problem(409, "conflict", "profiles were written or erased during the "
                               "import; run it again")
             if query.audience is not None:

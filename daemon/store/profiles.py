@@ -111,7 +111,9 @@ async def merge_import(conn: Connection, now: datetime) -> Merged:
     hash joins, not a million index probes. When created + updated == profiles, every
     staged profile is either new in this transaction or row-locked by its UPDATE, so no
     erasure can remove it before commit (memberships rely on that; they have no foreign
-    key). Otherwise a concurrent write raced the import: the caller gives up."""
+    key). Otherwise a concurrent write raced the import: the caller gives up. The INSERT
+    is a plain one (ON CONFLICT doubles its cost): a profile created meanwhile by another
+    transaction raises UniqueViolationError, for the caller to give up as well."""
     await conn.execute("ANALYZE profile_import", timeout=BULK_TIMEOUT)
     folded = await conn.execute(
         """
@@ -152,7 +154,6 @@ async def merge_import(conn: Connection, now: datetime) -> Merged:
                coalesce(l.sub_sms, true), coalesce(l.sub_push, true), $1, $1
         FROM profile_latest l
         WHERE NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = l.id)
-        ON CONFLICT (id) DO NOTHING
         """,
         now, timeout=BULK_TIMEOUT,
     )
@@ -161,7 +162,8 @@ async def merge_import(conn: Connection, now: datetime) -> Merged:
 
 async def add_imported_to_audience(conn: Connection, audience_id: str) -> int:
     """Add the staged profiles that are not members yet, in the order of their first line
-    (after `merge_import`, whose row locks stand in for a foreign key)."""
+    (after `merge_import`, whose row locks stand in for a foreign key, and
+    `audiences.hold`, which keeps other transactions from adding members meanwhile)."""
     result = await conn.execute(
         """
         INSERT INTO audience_members (audience_id, profile_id)
@@ -169,7 +171,6 @@ async def add_imported_to_audience(conn: Connection, audience_id: str) -> int:
         WHERE NOT EXISTS (SELECT 1 FROM audience_members m
                           WHERE m.audience_id = $1 AND m.profile_id = l.id)
         ORDER BY l.first_line
-        ON CONFLICT DO NOTHING
         """,
         audience_id, timeout=BULK_TIMEOUT,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from daemon.store import audiences
 from tests.integration.api.conftest import Api
 from tests.integration.api.test_audiences import NDJSON
 from tests.integration.api.test_audiences import _order as _members
@@ -74,3 +75,24 @@ async def test_adding_members_skips_a_profile_erased_meanwhile(api: Api) -> None
     assert result["added"] == 1
     assert await _members(api, "a") == ["p2"]
     assert await _members(api, "b") == ["p2"]
+
+
+async def test_imports_into_one_audience_wait_for_each_other(api: Api) -> None:
+    await api.audience("a")
+    await api.audience("b", "p1", "p2")
+    async with api.pool.acquire() as conn, conn.transaction():
+        # An import into `a` in progress: it holds the audience and has added p1.
+        assert await audiences.hold(conn, "a")
+        await conn.execute("INSERT INTO audience_members (audience_id, profile_id) "
+                           "VALUES ('a', 'p1')")
+        add = asyncio.create_task(api.json(
+            "POST", "/v1/audiences/a/members", 200, headers=NDJSON,
+            data='{"profile_id": "p2"}\n{"profile_id": "p1"}\n'))
+        again = asyncio.create_task(api.json(
+            "POST", "/v1/profiles/import?audience=a", 200, headers=NDJSON,
+            data='{"id": "p1"}\n{"id": "p3"}\n'))
+        await _waiting_on_a_lock(api)
+    assert (await add)["added"] == 1
+    assert (await again)["added_to_audience"] == 1  # p3: p1 was a member once it waited
+    members = await _members(api, "a")
+    assert members[0] == "p1" and sorted(members) == ["p1", "p2", "p3"]
