@@ -37,8 +37,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from aiolimiter import AsyncLimiter
 
@@ -94,12 +92,11 @@ class Pacer:
         self._last = float("-inf")  # loop time of the last call
         self.granted = 0
 
-    @asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        """Hold the pacer (first come, first served) while the caller takes its other gates;
-        inside, `await token()`, the other gates, then `await window()` and `record()`."""
-        async with self._lock:
-            yield
+    def turn(self) -> asyncio.Lock:
+        """`async with` it to hold the pacer (first come, first served) while taking the
+        other gates; inside, `await token()`, the other gates, then `await window()` and
+        `record()`. (The lock itself: a generator-based context manager costs more.)"""
+        return self._lock
 
     async def token(self) -> None:
         """Wait for the pace (call inside `turn`)."""
