@@ -22,7 +22,7 @@ the INSERT takes FOR KEY SHARE on the same campaign row anyway.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -93,11 +93,20 @@ class TriggerTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class InlineRows:
+    """Inline recipients as the statement takes them: profile ids, and the rest of each
+    recipient as JSON text (encoded by `inline_rows`, which callers may run off the loop)."""
+
+    profile_ids: list[str]
+    data: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class NewRun:
     id: RunId
     campaign_id: str
     audience: str | None  # requested in the body (None: the campaign's, or inline)
-    recipients: Sequence[tuple[str, dict[str, Any]]] | None  # inline (profile_id, data)
+    recipients: InlineRows | None  # None: a stored audience
     context: dict[str, Any]
     idempotency_key: str | None
     request_hash: str
@@ -125,14 +134,23 @@ def _target(row: Record) -> TriggerTarget:
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
+def inline_rows(recipients: Iterable[dict[str, Any]]) -> InlineRows:
+    """The rows of inline recipients (each a dict with `profile_id` and its other fields)."""
+    rows = InlineRows([], [])
+    for recipient in recipients:
+        data = dict(recipient)
+        rows.profile_ids.append(data.pop("profile_id"))
+        rows.data.append(_ENCODE(data))
+    return rows
+
+
 async def create_run(db: Executor, run: NewRun) -> Created | None:
     """Create the run if the campaign takes it (None: no such campaign)."""
-    recipients = run.recipients or ()
+    inline = run.recipients or InlineRows([], [])
     row = await db.fetchrow(
         _CREATE,
         run.campaign_id, run.idempotency_key, run.audience, run.recipients is not None,
-        run.id, run.context, run.request_hash, run.now,
-        [profile_id for profile_id, _ in recipients], [_ENCODE(data) for _, data in recipients],
+        run.id, run.context, run.request_hash, run.now, inline.profile_ids, inline.data,
     )
     if row is None:
         return None
