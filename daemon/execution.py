@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon import planner
@@ -25,7 +24,9 @@ from daemon.errors import ProviderError, TransientError
 from daemon.logs import get_logger
 from daemon.models import ExclusionReason, RunStatus
 from daemon.report import DB_ERRORS, raise_if_cancelling
+from daemon.starting import RunStarting
 from daemon.store import engine as engine_store
+from daemon.store import freeze as freeze_store
 from daemon.store import profiles_tokens
 from daemon.store import recipients as recipient_store
 from daemon.store.engine import Campaign, RunRow
@@ -35,17 +36,11 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-# A worker takes a scheduled run ahead of its start (store.engine._PREPARE_AT) and freezes
-# it just early enough: MIN_LEAD before its start, plus its size at FREEZE_ROWS_PER_SECOND
-# (a conservative rate for the INSERT ... SELECT), so the first call can go at the start.
-MIN_LEAD = 0.5
-FREEZE_ROWS_PER_SECOND = engine_store.FREEZE_ROWS_PER_SECOND
 # Runs are re-read at least this often: a fallback, since the scheduler hands new runs
 # over, a NOTIFY (cancel) pokes the worker at once, a lost LISTEN connection pokes every
 # worker when it is back, and deadlines and starts have their own timers.
 CONTROL_TICK = 15.0
 MIN_READ_INTERVAL = 0.025  # a burst of pokes (triggers) makes one read per interval
-PARALLEL_STARTS = 4  # runs frozen at once by a worker (connections of the pool)
 PROGRESS_EVERY = 10.0  # run.progress period
 IDLE_EXIT = 2.0  # a worker with nothing to do for this long ends (and frees its lease)
 DB_RETRY_MAX = 5.0
@@ -55,7 +50,7 @@ class Lease(Protocol):
     def valid(self) -> bool: ...
 
 
-class CampaignRuns(RunClosing):
+class CampaignRuns(RunClosing, RunStarting):
     """The runs of one campaign executing on this instance (control half of the worker)."""
 
     content_error: str | None
@@ -76,6 +71,8 @@ class CampaignRuns(RunClosing):
         self._activation_wake = asyncio.Event()
         self._start_queue: dict[str, RunRow] = {}
         self._freeze_at: dict[str, datetime] = {}  # run id -> when to freeze it
+        self._sizes: dict[str, int] = {}  # run id -> its stored audience's size, counted ahead
+        self.to_freeze: set[str] = set()  # runs whose further chunks are to freeze
         self._start_wake = asyncio.Event()
         self._starting: set[str] = set()
         self._ended: dict[str, None] = {}  # runs ended here lately (ignored in stale reads)
@@ -205,12 +202,18 @@ class CampaignRuns(RunClosing):
         recovered = await recipient_store.recover(self.services.pool, ids)
         counts = {row["id"]: engine_store.counts_of(row)
                   for row in await engine_store.control_rows(self.services.pool, ids)}
+        freezing = {f.run_id for f in await freeze_store.freezes(self.services.pool, ids)}
         for row in rows:
             run = RunExecution(row=row, campaign_variables=self.campaign_variables,
                                counts=counts.get(row.id, {}))
             self._add(run)
+            if row.cancel_requested:  # asked while no daemon held it
+                self.begin_close(run, exclude_as=ExclusionReason.CANCELLED)
+            elif row.id in freezing:
+                self.freeze_rest(row.id)
             self.log.info("run.resumed", run_id=row.id, pending=run.counts.get("pending"),
-                          deadline=row.deadline, recovered_in_flight=recovered)
+                          deadline=row.deadline, recovered_in_flight=recovered,
+                          freezing=row.id in freezing)
         if recovered:
             self.log.warning("run.recovered", runs=ids, in_flight=recovered)
 
@@ -327,66 +330,3 @@ class CampaignRuns(RunClosing):
         if self._idle_since is None:
             self._idle_since = mono
         return mono - self._idle_since >= IDLE_EXIT
-
-    # -- start ----------------------------------------------------------------------------------
-
-    async def starter_loop(self) -> None:
-        """Freeze each scheduled run taken when its time comes, earliest first."""
-        while True:
-            self._start_wake.clear()
-            for run_id, row in list(self._start_queue.items()):
-                if run_id not in self._freeze_at:
-                    await self.retrying(functools.partial(self._plan_freeze, row),
-                                        "plan_freeze")
-            now = self.clock.now()
-            due = sorted((at, run_id) for run_id, at in self._freeze_at.items()
-                         if run_id in self._start_queue)
-            ready = [run_id for at, run_id in due if at <= now][:PARALLEL_STARTS]
-            if ready:
-                # Several small freezes at once (each its own transaction, on its own
-                # connection): a burst of one-recipient triggers starts at database speed.
-                await asyncio.gather(*(self._start_one(run_id) for run_id in ready))
-                continue
-            seconds = (due[0][0] - now).total_seconds() if due else None
-            await self.wait(self._start_wake, seconds)
-
-    async def _start_one(self, run_id: str) -> None:
-        row = self._start_queue.pop(run_id)
-        self._freeze_at.pop(run_id, None)
-        try:
-            await self.retrying(functools.partial(self._start, row), "start")
-        finally:
-            self._starting.discard(run_id)
-
-    async def _plan_freeze(self, row: RunRow) -> None:
-        size = row.inline_count
-        if row.audience_id is not None:
-            size = await engine_store.audience_size(self.services.pool, row.audience_id)
-        lead = MIN_LEAD + size / FREEZE_ROWS_PER_SECOND
-        self._freeze_at[row.id] = row.scheduled_for - timedelta(seconds=lead)
-
-    async def _start(self, row: RunRow) -> None:
-        now = self.clock.now()
-        started = await engine_store.start_run(self.services.pool, row, self.campaign, now=now,
-                                               time_cap=self.services.time_cap)
-        if started is None:
-            return  # cancelled meanwhile
-        counts = started.counts
-        plan = started.plan
-        self.log.info(
-            "run.started", run_id=row.id, targeted=counts.targeted, eligible=counts.eligible,
-            excluded={k: v for k, v in counts.excluded.items() if v},
-            pending=counts.pending, started_at=plan.started_at, deadline=plan.deadline,
-            deadline_reason=plan.deadline_reason, capacity=plan.capacity,
-            rate_per_second=started.run.rate_per_second,
-        )
-        full = {column: 0 for column in recipient_store.COUNT_COLUMNS}
-        full.update(targeted=counts.targeted, pending=counts.pending,
-                    **{f"excluded_{k}": v for k, v in counts.excluded.items()})
-        run = RunExecution(row=started.run, campaign_variables=self.campaign_variables,
-                           counts=full)
-        self._add(run)
-        if counts.pending == 0:
-            self.begin_close(run)
-        elif run.row.deadline is not None:
-            self.wake_control()  # its deadline is a new timer for the control loop

@@ -14,7 +14,7 @@ from typing import Any
 
 from daemon import planner
 from daemon.models import Channel, EndReason, ExclusionReason, RunStatus
-from daemon.store import Executor, Record, leases, snapshot
+from daemon.store import Executor, Pool, Record, freeze, leases, snapshot
 from daemon.store.recipients import COUNT_COLUMNS
 
 _COUNTS = ", ".join(COUNT_COLUMNS)
@@ -269,24 +269,37 @@ class StartedRun:
     run: RunRow
     plan: planner.Plan
     counts: snapshot.SnapshotCounts
+    freezing: bool  # a stored audience's chunks remain to freeze (`store.freeze`)
 
 
 async def start_run(
-    db: Executor, run: RunRow, campaign: Campaign, *, now: datetime, time_cap: float
+    db: Pool, run: RunRow, campaign: Campaign, *, now: datetime, time_cap: float,
+    size: int = 0, first_chunk: int = freeze.FIRST_CHUNK,
 ) -> StartedRun | None:
     """Start a scheduled run (its recipients frozen, its plan and counts set) in one
-    statement; None if it is no longer scheduled (cancelled meanwhile)."""
+    statement; a stored audience (`size` members, as counted ahead) only with its first
+    chunk. None if it is no longer scheduled (cancelled meanwhile)."""
     plan = planner.plan_run(scheduled_for=run.scheduled_for, now=now,
                             rate=run.rate_per_second, time_cap=time_cap, end_at=campaign.end_at)
+    if run.audience_id is not None:
+        chunked = await freeze.start(
+            db, run.id, campaign.channel, audience_id=run.audience_id, size=size,
+            started_at=plan.started_at, deadline=plan.deadline,
+            deadline_reason=plan.deadline_reason, capacity=plan.capacity, now=now,
+            returning=_RUN_COLUMNS, first_chunk=first_chunk)
+        if chunked is None:
+            return None
+        row, counts, freezing = chunked
+        return StartedRun(_run_row(row), plan, counts, freezing)
     started = await snapshot.start(
-        db, run.id, campaign.channel, audience_id=run.audience_id, started_at=plan.started_at,
+        db, run.id, campaign.channel, audience_id=None, started_at=plan.started_at,
         deadline=plan.deadline, deadline_reason=plan.deadline_reason,
         capacity=plan.capacity, now=now, returning=_RUN_COLUMNS,
     )
     if started is None:
         return None
     row, counts = started
-    return StartedRun(_run_row(row), plan, counts)
+    return StartedRun(_run_row(row), plan, counts, False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +329,7 @@ _FINISH = """
 WITH done AS (
     UPDATE runs SET status = $2, end_reason = $3, finished_at = $4
     WHERE id = $1 AND status = 'running' AND pending = 0
+      AND NOT EXISTS (SELECT 1 FROM run_freezes WHERE run_id = $1)
       AND ($6::bigint IS NULL OR (excluded_time_cap = $6 AND excluded_campaign_end = $7))
     RETURNING {counts}
 ), unclaimed AS (
@@ -332,7 +346,7 @@ SELECT done.*, (SELECT count(*) FROM completed) AS completed FROM done
 
 
 async def close_run(
-    db: Executor, run_id: str, campaign_id: str, *, now: datetime,
+    db: Pool, run_id: str, campaign_id: str, *, now: datetime,
     exclude_as: ExclusionReason | None = None, fail_reason: str | None = None,
     known: dict[str, int] | None = None,
 ) -> ClosedRun | None:
@@ -341,12 +355,14 @@ async def close_run(
     campaign completes. With neither, the run must have nothing pending. None if it is not
     running (or, with neither, still has pending recipients).
 
-    Two statements, each atomic: the first moves the pending recipients and their counts
-    together (the same lock order as an outcome write: recipient rows, then the run row;
-    counts by deltas, so a concurrent write can neither deadlock with it nor be lost); the
-    second ends a run that has nothing pending. A crash between them leaves a running run
-    with nothing pending, which the next holder ends. A run that just ran out of recipients
-    (`known`: its counts as of the last write, nothing pending) ends in one statement."""
+    A run whose audience is still being frozen (`store.freeze`) first has the rest frozen
+    with the close's reason. Then two statements, each atomic: the first moves the pending
+    recipients and their counts together (the same lock order as an outcome write:
+    recipient rows, then the run row; counts by deltas, so a concurrent write can neither
+    deadlock with it nor be lost); the second ends a run that has nothing pending. A crash
+    between them leaves a running run with nothing pending, which the next holder ends. A
+    run that just ran out of recipients (`known`: its counts as of the last write, nothing
+    pending) ends in one statement."""
     if exclude_as is None and fail_reason is None and known is not None \
             and known.get("pending") == 0:
         end = planner.end_reason(excluded_of(known))
@@ -359,6 +375,8 @@ async def close_run(
     column, status_to, reason = "failed", "failed", fail_reason
     if exclude_as is not None:
         column, status_to, reason = f"excluded_{exclude_as.value}", "excluded", exclude_as.value
+    if reason is not None:  # the members of its audience not frozen yet get their outcome
+        await freeze.finish(db, run_id, now=now, rest=reason, rest_status=status_to)
     row = await db.fetchrow(_MOVE_PENDING.format(column=column, counts=_COUNTS),
                             run_id, status_to, reason, now)
     if row is None:

@@ -75,8 +75,9 @@ classified AS (
     FROM resolved c
 ),
 ranked AS (
-    SELECT c.*, row_number() OVER w - 1 AS position,
-           count(*) FILTER (WHERE c.snapshot_reason IS NULL) OVER w AS eligible_rank
+    SELECT c.*, {base} + row_number() OVER w - 1 AS position,
+           {eligible_base} + count(*) FILTER (WHERE c.snapshot_reason IS NULL) OVER w
+               AS eligible_rank
     FROM classified c
     WINDOW w AS (ORDER BY c.ord ROWS UNBOUNDED PRECEDING)
 ),
@@ -84,7 +85,8 @@ decided AS (
     SELECT r.*,
            coalesce(r.snapshot_reason,
                     CASE WHEN {capacity}::bigint IS NOT NULL AND r.eligible_rank > {capacity}
-                         THEN {cap_reason}::text END) AS reason
+                         THEN {cap_reason}::text END,
+                    {rest}) AS reason
     FROM ranked r
 )
 """
@@ -101,7 +103,6 @@ FROM {relation}
 """
 
 
-
 @dataclass(frozen=True, slots=True)
 class SnapshotCounts:
     """A frozen (or previewed) recipient set, counted."""
@@ -116,20 +117,22 @@ class SnapshotCounts:
         return self.pending + self.excluded["time_cap"] + self.excluded["campaign_end"]
 
 
-def _counts(row: Any) -> SnapshotCounts:
+def counts_from(row: Any) -> SnapshotCounts:
     excluded = {reason.value: 0 for reason in ExclusionReason}
     for reason in ("duplicate", "opted_out", "no_address", "time_cap", "campaign_end"):
         excluded[reason] = int(row[f"excluded_{reason}"])
     return SnapshotCounts(int(row["targeted"]), int(row["pending"]), excluded)
 
 
-def _decided(channel: Channel, resolved: str, capacity: str, cap_reason: str,
-             first: str = "") -> str:
-    """`WITH [first,] resolved AS (...), ..., decided AS (...)`."""
+def decided(channel: Channel, resolved: str, capacity: str, cap_reason: str,
+            first: str = "", *, base: str = "0", eligible_base: str = "0",
+            rest: str = "NULL::text") -> str:
+    """`WITH [first,] resolved AS (...), ..., decided AS (...)`. Positions start at `base`,
+    eligible ranks after `eligible_base`; the recipients left pending get reason `rest`."""
     subscribed, addressed = _CHANNEL_SQL[channel]
     return "WITH " + first + _DECIDED.format(
         resolved=resolved, subscribed=subscribed, addressed=addressed, capacity=capacity,
-        cap_reason=cap_reason)
+        cap_reason=cap_reason, base=base, eligible_base=eligible_base, rest=rest)
 
 
 def _resolved(audience: bool, rows: str, source: str) -> str:
@@ -186,7 +189,7 @@ async def start(
     `returning` columns and the counts; None if the run is no longer scheduled."""
     source = "$2"
     resolved = _resolved(audience_id is not None, _INLINE_STORED_ROWS, source)
-    sql = (_decided(channel, resolved, "$3", "$4", first=_CLAIM_RUN)
+    sql = (decided(channel, resolved, "$3", "$4", first=_CLAIM_RUN)
            + _START.format(counts=_COUNTS.format(relation="inserted"),
                            returning=", ".join(f"r.{c.strip()}" for c in returning.split(","))))
     reason = deadline_reason.value if deadline_reason else None
@@ -196,7 +199,7 @@ async def start(
     )
     if row is None:
         return None
-    return row, _counts(row)
+    return row, counts_from(row)
 
 
 async def preview(
@@ -215,6 +218,6 @@ async def preview(
     else:
         resolved = _resolved(False, _INLINE_GIVEN_ROWS, "$1")
         source = list(recipients or [])
-    sql = _decided(channel, resolved, "$2", "$3") + _COUNTS.format(relation="decided")
+    sql = decided(channel, resolved, "$2", "$3") + _COUNTS.format(relation="decided")
     row = await db.fetchrow(sql, source, capacity, cap_reason.value if cap_reason else None)
-    return _counts(row)
+    return counts_from(row)

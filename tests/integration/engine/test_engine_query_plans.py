@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from daemon.models import Channel
-from daemon.store import Pool
+from daemon.store import Pool, freeze
 from daemon.store import recipients as store
-from tests.integration.engine.conftest import make_campaign
+from tests.integration.engine.conftest import add_profiles, make_campaign
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -84,3 +84,18 @@ async def test_an_outcome_write_updates_by_primary_key(pool: Pool, big_run: str)
 async def test_claims_are_found_by_their_primary_key(pool: Pool, big_run: str) -> None:
     scans = await _plan(pool, store._RECOVER, [big_run])
     assert scans and all(kind != "Seq Scan" for kind, _ in scans), scans
+
+
+async def test_a_freeze_chunk_reads_the_next_members_by_index(pool: Pool) -> None:
+    await make_campaign(pool, "c1")
+    await add_profiles(pool, 20_000, audience="a1")
+    await pool.execute("ANALYZE profiles; ANALYZE audience_members")
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(freeze._SETTINGS)  # as every chunk's transaction has them
+        raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + freeze.chunk_sql(Channel.SMS),
+                                  "r1", "a1", 10_000, 5_000, NOW)
+    scans = _scans(raw if isinstance(raw, list) else json.loads(raw))
+    assert {s for s in scans if (s[1] or "").startswith("audience_members")} == {
+        ("Index Scan", "audience_members_order")}, scans
+    assert {s for s in scans if (s[1] or "").startswith("profiles")} == {
+        ("Index Scan", "profiles_pkey")}, scans

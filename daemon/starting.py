@@ -1,0 +1,197 @@
+"""The start of a campaign's runs on the lease holder (the starting part of a campaign worker).
+
+Scheduled runs handed to the worker are frozen just early enough for their size (MIN_LEAD
+before the start, plus the size at FREEZE_ROWS_PER_SECOND), a few at once. A run over a
+stored audience starts with its first chunk (`store.freeze`: a time to first send that
+does not grow with the audience); the worker then freezes the rest chunk by chunk, one
+task per run owned by the starter loop (so it ends with the worker). Each chunk lets the
+feeder claim further and refreshes the run's counts. A close freezes whatever is left
+itself (`store.engine.close_run`), so the task stops as soon as its run is closing; after
+a crash, the next holder's task goes on from where the last committed chunk ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from daemon.clock import Clock
+from daemon.delivery import RunExecution, RunState
+from daemon.models import ExclusionReason
+from daemon.store import engine as engine_store
+from daemon.store import freeze as freeze_store
+from daemon.store import recipients as recipient_store
+from daemon.store.engine import Campaign, RunRow
+
+if TYPE_CHECKING:
+    from daemon.fanout import WorkerServices
+
+# A worker takes a scheduled run ahead of its start (store.engine._PREPARE_AT) and freezes
+# it just early enough: MIN_LEAD before its start, plus its size (a stored audience's first
+# chunk) at FREEZE_ROWS_PER_SECOND (a conservative rate for the INSERT ... SELECT), so the
+# first call can go at the start.
+MIN_LEAD = 0.5
+FREEZE_ROWS_PER_SECOND = engine_store.FREEZE_ROWS_PER_SECOND
+PARALLEL_STARTS = 4  # runs frozen at once by a worker (connections of the pool)
+
+
+class RunStarting:
+    """Starting runs; the worker's other parts provide what is declared here."""
+
+    services: WorkerServices
+    campaign: Campaign
+    campaign_variables: dict[str, Any]
+    clock: Clock
+    log: structlog.stdlib.BoundLogger
+    runs: dict[str, RunExecution]
+    to_freeze: set[str]
+    _start_queue: dict[str, RunRow]
+    _freeze_at: dict[str, datetime]
+    _sizes: dict[str, int]
+    _start_wake: asyncio.Event
+    _starting: set[str]
+
+    if TYPE_CHECKING:  # provided by the other parts of the worker
+        def wake_feeder(self) -> None:
+            ...
+
+        def wake_control(self) -> None:
+            ...
+
+        def begin_close(self, run: RunExecution, *, exclude_as: ExclusionReason | None = None,
+                        fail_reason: str | None = None) -> None:
+            ...
+
+        async def retrying(self, action: Callable[[], Awaitable[None]], what: str) -> None:
+            ...
+
+        async def wait(self, event: asyncio.Event, seconds: float | None) -> None:
+            ...
+
+        def _add(self, run: RunExecution) -> None:
+            ...
+
+    async def starter_loop(self) -> None:
+        """Freeze each scheduled run taken when its time comes, earliest first; and the
+        further chunks of the stored audiences of running runs, each in a task of its own
+        (ended with this loop)."""
+        async with asyncio.TaskGroup() as freezers:
+            await self._starts(freezers)
+
+    async def _starts(self, freezers: asyncio.TaskGroup) -> None:
+        while True:
+            self._start_wake.clear()
+            for run_id in list(self.to_freeze):
+                self.to_freeze.discard(run_id)
+                freezers.create_task(self.freezer(run_id), name=f"freeze:{run_id}")
+            for run_id, row in list(self._start_queue.items()):
+                if run_id not in self._freeze_at:
+                    await self.retrying(functools.partial(self._plan_freeze, row),
+                                        "plan_freeze")
+            now = self.clock.now()
+            due = sorted((at, run_id) for run_id, at in self._freeze_at.items()
+                         if run_id in self._start_queue)
+            ready = [run_id for at, run_id in due if at <= now][:PARALLEL_STARTS]
+            if ready:
+                # Several small freezes at once (each its own transaction, on its own
+                # connection): a burst of one-recipient triggers starts at database speed.
+                await asyncio.gather(*(self._start_one(run_id) for run_id in ready))
+                continue
+            seconds = (due[0][0] - now).total_seconds() if due else None
+            await self.wait(self._start_wake, seconds)
+
+    async def _start_one(self, run_id: str) -> None:
+        row = self._start_queue.pop(run_id)
+        self._freeze_at.pop(run_id, None)
+        try:
+            await self.retrying(functools.partial(self._start, row), "start")
+        finally:
+            self._starting.discard(run_id)
+            self._sizes.pop(run_id, None)
+
+    async def _plan_freeze(self, row: RunRow) -> None:
+        size = row.inline_count
+        if row.audience_id is not None:  # frozen in chunks: the first one before the start
+            size = self._sizes[row.id] = await engine_store.audience_size(
+                self.services.pool, row.audience_id)
+            size = min(size, freeze_store.FIRST_CHUNK)
+        lead = MIN_LEAD + size / FREEZE_ROWS_PER_SECOND
+        self._freeze_at[row.id] = row.scheduled_for - timedelta(seconds=lead)
+
+    async def _start(self, row: RunRow) -> None:
+        now = self.clock.now()
+        started = await engine_store.start_run(self.services.pool, row, self.campaign, now=now,
+                                               time_cap=self.services.time_cap,
+                                               size=self._sizes.get(row.id, 0))
+        if started is None:
+            return  # cancelled meanwhile
+        counts = started.counts
+        plan = started.plan
+        self.log.info(
+            "run.started", run_id=row.id, targeted=counts.targeted, eligible=counts.eligible,
+            excluded={k: v for k, v in counts.excluded.items() if v},
+            pending=counts.pending, started_at=plan.started_at, deadline=plan.deadline,
+            deadline_reason=plan.deadline_reason, capacity=plan.capacity,
+            rate_per_second=started.run.rate_per_second, freezing=started.freezing,
+        )
+        full = {column: 0 for column in recipient_store.COUNT_COLUMNS}
+        full.update(targeted=counts.targeted, pending=counts.pending,
+                    **{f"excluded_{k}": v for k, v in counts.excluded.items()})
+        run = RunExecution(row=started.run, campaign_variables=self.campaign_variables,
+                           counts=full)
+        self._add(run)
+        if started.freezing:
+            self.freeze_rest(run.id)
+        elif counts.pending == 0:
+            self.begin_close(run)
+            return
+        if run.row.deadline is not None:
+            self.wake_control()  # its deadline is a new timer for the control loop
+
+    # -- the rest of a stored audience --------------------------------------------------------
+
+    def freeze_rest(self, run_id: str) -> None:
+        """Have the starter loop start the run's freezer."""
+        self.to_freeze.add(run_id)
+        self._start_wake.set()
+
+    def _sending(self, run_id: str) -> RunExecution | None:
+        run = self.runs.get(run_id)
+        if run is None or run.state not in (RunState.WAITING, RunState.ACTIVE):
+            return None
+        return run
+
+    async def _advance(self, run_id: str, limit: int,
+                       out: list[freeze_store.Chunk | None]) -> None:
+        out[:] = [await freeze_store.advance(self.services.pool, run_id, now=self.clock.now(),
+                                             limit=limit)]
+
+    async def freezer(self, run_id: str) -> None:
+        """Freeze the run's audience chunk by chunk until done, or until the run closes."""
+        chunks = 0
+        limit = freeze_store.FIRST_CHUNK
+        out: list[freeze_store.Chunk | None] = []
+        while self._sending(run_id) is not None:
+            # Small chunks first (the first ones race the sending), larger ones later.
+            limit = min(limit * 4, freeze_store.CHUNK)
+            await self.retrying(functools.partial(self._advance, run_id, limit, out), "freeze")
+            chunk = out[0]
+            run = self._sending(run_id)
+            if chunk is None or run is None:
+                return  # frozen (by a close, or another holder), or no longer ours
+            chunks += 1
+            run.counts.update(chunk.counts)
+            run.fresh_exhausted = False
+            self.wake_feeder()
+            if not chunk.freezing:
+                self.log.info("run.frozen", run_id=run_id, later_chunks=chunks,
+                              targeted=chunk.counts["targeted"],
+                              pending=chunk.counts["pending"])
+                if chunk.counts["pending"] == 0:
+                    self.begin_close(run)
+                return
