@@ -375,10 +375,13 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
             run = self.runs.get(run_id)
             if run is not None:
                 run.counts = counts_of(row)
-        channel = self.campaign.channel.value
+        tally: dict[tuple[str, str], int] = {}
         for _, status, reason in flushed.applied:
             if status != "pending":
-                self.services.metrics.messages.labels(
-                    self.campaign.id, channel, status, reason or "").inc()
+                key = (status, reason or "")
+                tally[key] = tally.get(key, 0) + 1
+        for (status, reason), n in tally.items():  # one labels() per kind, not per message
+            self.services.metrics.messages.labels(
+                self.campaign.id, self.campaign.channel.value, status, reason).inc(n)
         self._feeder_wake.set()
 

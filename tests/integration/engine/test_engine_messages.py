@@ -37,6 +37,7 @@ class Recording:
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
+        self.metrics = Metrics()  # the engine's
 
     async def start(self) -> None: ...
 
@@ -66,7 +67,7 @@ async def recording_engine(pool: Pool, tmp_path: Path) -> AsyncIterator[Recordin
     provider = Recording()
     config = engine_config(None, server={"public_url": "https://mail.example"})
     config = config.model_copy(update={"state_dir": tmp_path})
-    ctx = AppContext(config=config, pool=pool, clock=SystemClock(), metrics=Metrics())
+    ctx = AppContext(config=config, pool=pool, clock=SystemClock(), metrics=provider.metrics)
     engine = Engine(ctx, providers=Source(provider))
     await engine.start()
     yield provider
@@ -88,6 +89,26 @@ async def test_each_email_carries_its_own_unsubscribe_link(
         assert message.content["text"] == message.unsubscribe_url  # templates see it too
     assert sorted(m.idempotency_key for m in recording_engine.messages) == [
         f"{run_id}:{n}" for n in range(3)]
+
+
+async def test_outcomes_are_counted_in_the_metrics(
+    pool: Pool, recording_engine: Recording
+) -> None:
+    await make_campaign(pool, "c1", channel="push", content={"title": "t", "body": "b"})
+    await add_profiles(pool, 5, audience="a1")
+    await pool.execute("UPDATE profiles SET push_tokens = CASE WHEN id IN ('p0', 'p1') "
+                       "THEN '{dead}'::text[] ELSE '{live}'::text[] END")
+    run_id = await trigger(pool, "c1", audience="a1")
+    row = await wait_run_status(pool, run_id)
+    assert (row["sent"], row["failed"]) == (3, 2)
+    registry = recording_engine.metrics.registry
+    labels = {"campaign_id": "c1", "channel": "push"}
+    async with asyncio.timeout(5):  # counted as the outcomes' writes land
+        while registry.get_sample_value("campaignd_messages_total", {
+                **labels, "outcome": "failed", "reason": "rejected"}) != 2:
+            await asyncio.sleep(0.05)
+    assert registry.get_sample_value("campaignd_messages_total", {
+        **labels, "outcome": "sent", "reason": ""}) == 3
 
 
 async def test_dead_push_tokens_are_removed_from_the_profiles(
