@@ -90,7 +90,7 @@ async def import_profiles(request: web.Request) -> web.Response:
                 raise problem(409, "conflict", "profiles were written or erased during the "
                               "import; run it again")
             if query.audience is not None:
-                added = await profiles.add_imported_to_audience(conn, query.audience)
+                added = await profiles.add_imported_to_audience(conn, query.audience, merged)
     result = {
         "received": tally.received,
         "imported": tally.received - tally.rejected,

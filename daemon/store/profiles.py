@@ -100,32 +100,51 @@ class Merged:
     created: int
     updated: int
     profiles: int  # distinct ids staged: created + updated unless a concurrent write raced
+    source: str    # the staged profiles, one row per id (_UNFOLDED or _FOLDED)
+
+
+# The staged profiles, one row per id, as the merge reads them: the staging table itself
+# when no id is on two lines (the usual import), else the lines folded (the last one wins,
+# the first one gives the audience order).
+_UNFOLDED = """(SELECT id, email, phone, push_tokens, attributes::jsonb AS attributes, sub_email,
+                  sub_sms, sub_push, given, line AS first_line FROM profile_import)"""
+_FOLDED = "profile_latest"
 
 
 async def merge_import(conn: Connection, now: datetime) -> Merged:
     """Apply the staged lines (the last line of an id wins): fields given replace the stored
     ones, attributes merge key by key, absent fields are kept.
 
-    The lines are folded once into `profile_latest` (one row per id, in id order, with the
-    id's first line for the audience order); the table is analysed so that the joins are
-    hash joins, not a million index probes. When created + updated == profiles, every
-    staged profile is either new in this transaction or row-locked by its UPDATE, so no
-    erasure can remove it before commit (memberships rely on that; they have no foreign
-    key). Otherwise a concurrent write raced the import: the caller gives up. The INSERT
-    is a plain one (ON CONFLICT doubles its cost): a profile created meanwhile by another
-    transaction raises UniqueViolationError, for the caller to give up as well."""
+    Ids on several lines are folded once into `profile_latest` (one sort, in memory);
+    staging tables are analysed so that the joins are hash joins, not a million index
+    probes. When created + updated == profiles, every staged profile is either new in this
+    transaction or row-locked by its UPDATE, so no erasure can remove it before commit
+    (memberships rely on that; they have no foreign key). Otherwise a concurrent write
+    raced the import: the caller gives up. The INSERT is a plain one (ON CONFLICT doubles
+    its cost): a profile created meanwhile by another transaction raises
+    UniqueViolationError, for the caller to give up as well."""
     await conn.execute("ANALYZE profile_import", timeout=BULK_TIMEOUT)
-    folded = await conn.execute(
-        """
-        CREATE TEMP TABLE profile_latest ON COMMIT DROP AS
-        SELECT DISTINCT ON (id) id, email, phone, push_tokens, attributes::jsonb AS attributes,
-               sub_email, sub_sms, sub_push, given,
-               min(line) OVER (PARTITION BY id) AS first_line
-        FROM profile_import ORDER BY id, line DESC
-        """,
+    # Sorting by bytes (ids are ASCII): 5x cheaper than by the database's collation.
+    counts: Record = await conn.fetchrow(
+        'SELECT count(*) AS lines, count(DISTINCT id COLLATE "C") AS ids FROM profile_import',
         timeout=BULK_TIMEOUT,
     )
-    await conn.execute("ANALYZE profile_latest", timeout=BULK_TIMEOUT)
+    source = _UNFOLDED
+    if counts["ids"] < counts["lines"]:
+        source = _FOLDED
+        await conn.execute(
+            f"""
+            CREATE TEMP TABLE {_FOLDED} ON COMMIT DROP AS
+            SELECT DISTINCT ON (id COLLATE "C") id, email, phone, push_tokens,
+                   attributes::jsonb AS attributes, sub_email, sub_sms, sub_push, given,
+                   min(line) OVER (PARTITION BY id COLLATE "C" ORDER BY line DESC ROWS
+                                   BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+                       AS first_line
+            FROM profile_import ORDER BY id COLLATE "C", line DESC
+            """,
+            timeout=BULK_TIMEOUT,
+        )
+        await conn.execute(f"ANALYZE {_FOLDED}", timeout=BULK_TIMEOUT)
     updated = await conn.execute(
         f"""
         UPDATE profiles p SET
@@ -140,34 +159,34 @@ async def merge_import(conn: Connection, now: datetime) -> Merged:
             sub_sms = coalesce(l.sub_sms, p.sub_sms),
             sub_push = coalesce(l.sub_push, p.sub_push),
             updated_at = $1
-        FROM profile_latest l
+        FROM {source} l
         WHERE p.id = l.id
         """,
         now, timeout=BULK_TIMEOUT,
     )
     created = await conn.execute(
-        """
+        f"""
         INSERT INTO profiles (id, email, phone, push_tokens, attributes, sub_email, sub_sms,
                               sub_push, created_at, updated_at)
-        SELECT l.id, l.email, l.phone, coalesce(l.push_tokens, '{}'),
-               coalesce(l.attributes, '{}'), coalesce(l.sub_email, true),
+        SELECT l.id, l.email, l.phone, coalesce(l.push_tokens, '{{}}'),
+               coalesce(l.attributes, '{{}}'), coalesce(l.sub_email, true),
                coalesce(l.sub_sms, true), coalesce(l.sub_push, true), $1, $1
-        FROM profile_latest l
+        FROM {source} l
         WHERE NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = l.id)
         """,
         now, timeout=BULK_TIMEOUT,
     )
-    return Merged(_count(created), _count(updated), _count(folded))
+    return Merged(_count(created), _count(updated), counts["ids"], source)
 
 
-async def add_imported_to_audience(conn: Connection, audience_id: str) -> int:
+async def add_imported_to_audience(conn: Connection, audience_id: str, merged: Merged) -> int:
     """Add the staged profiles that are not members yet, in the order of their first line
     (after `merge_import`, whose row locks stand in for a foreign key, and
     `audiences.hold`, which keeps other transactions from adding members meanwhile)."""
     result = await conn.execute(
-        """
+        f"""
         INSERT INTO audience_members (audience_id, profile_id)
-        SELECT $1, l.id FROM profile_latest l
+        SELECT $1, l.id FROM {merged.source} l
         WHERE NOT EXISTS (SELECT 1 FROM audience_members m
                           WHERE m.audience_id = $1 AND m.profile_id = l.id)
         ORDER BY l.first_line
