@@ -38,3 +38,25 @@ def test_json_lines_with_dates_enums_and_masked_secrets() -> None:
     assert datetime.fromisoformat(first["ts"]).tzinfo is not None
     assert first["ts"] <= datetime.now(UTC).isoformat()
     assert second["event"] == "from the stdlib" and second["logger"] == "aiohttp.server"
+
+
+def test_the_level_drops_events_below_it_and_follows_set_level() -> None:
+    stream = io.StringIO()
+    logs.configure("warning", "json", stream=stream)
+    try:
+        log = logs.get_logger("t")
+        log.info("run.started")
+        log.warning("run.slow")
+        logs.set_level("info")
+        log.info("run.finished")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("run.failed")
+    finally:
+        logs.configure("info", "json")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["event"], line["level"]) for line in lines] == [
+        ("run.slow", "warning"), ("run.finished", "info"), ("run.failed", "error")]
+    assert all(line["logger"] == "t" for line in lines)
+    assert "ValueError: boom" in lines[-1]["exception"]
