@@ -111,6 +111,41 @@ _UNFOLDED = """(SELECT id, email, phone, push_tokens, attributes::jsonb AS attri
 _FOLDED = "profile_latest"
 
 
+# The merge and the membership statements, reading `{source}` (_UNFOLDED or _FOLDED) as l.
+_MERGE_UPDATE = f"""
+    UPDATE profiles p SET
+        email = CASE WHEN l.given & {GIVEN_EMAIL} <> 0 THEN l.email ELSE p.email END,
+        phone = CASE WHEN l.given & {GIVEN_PHONE} <> 0 THEN l.phone ELSE p.phone END,
+        push_tokens = CASE WHEN l.given & {GIVEN_PUSH_TOKENS} <> 0
+                           THEN coalesce(l.push_tokens, '{{}}') ELSE p.push_tokens END,
+        attributes = CASE WHEN l.given & {GIVEN_ATTRIBUTES} <> 0
+                          THEN p.attributes || coalesce(l.attributes, '{{}}')
+                          ELSE p.attributes END,
+        sub_email = coalesce(l.sub_email, p.sub_email),
+        sub_sms = coalesce(l.sub_sms, p.sub_sms),
+        sub_push = coalesce(l.sub_push, p.sub_push),
+        updated_at = $1
+    FROM {{source}} l
+    WHERE p.id = l.id
+"""
+_MERGE_INSERT = """
+    INSERT INTO profiles (id, email, phone, push_tokens, attributes, sub_email, sub_sms,
+                          sub_push, created_at, updated_at)
+    SELECT l.id, l.email, l.phone, coalesce(l.push_tokens, '{}'),
+           coalesce(l.attributes, '{}'), coalesce(l.sub_email, true),
+           coalesce(l.sub_sms, true), coalesce(l.sub_push, true), $1, $1
+    FROM {source} l
+    WHERE NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = l.id)
+"""
+_ADD_MEMBERS = """
+    INSERT INTO audience_members (audience_id, profile_id)
+    SELECT $1, l.id FROM {source} l
+    WHERE NOT EXISTS (SELECT 1 FROM audience_members m
+                      WHERE m.audience_id = $1 AND m.profile_id = l.id)
+    ORDER BY l.first_line
+"""
+
+
 async def merge_import(conn: Connection, now: datetime) -> Merged:
     """Apply the staged lines (the last line of an id wins): fields given replace the stored
     ones, attributes merge key by key, absent fields are kept.
@@ -145,37 +180,10 @@ async def merge_import(conn: Connection, now: datetime) -> Merged:
             timeout=BULK_TIMEOUT,
         )
         await conn.execute(f"ANALYZE {_FOLDED}", timeout=BULK_TIMEOUT)
-    updated = await conn.execute(
-        f"""
-        UPDATE profiles p SET
-            email = CASE WHEN l.given & {GIVEN_EMAIL} <> 0 THEN l.email ELSE p.email END,
-            phone = CASE WHEN l.given & {GIVEN_PHONE} <> 0 THEN l.phone ELSE p.phone END,
-            push_tokens = CASE WHEN l.given & {GIVEN_PUSH_TOKENS} <> 0
-                               THEN coalesce(l.push_tokens, '{{}}') ELSE p.push_tokens END,
-            attributes = CASE WHEN l.given & {GIVEN_ATTRIBUTES} <> 0
-                              THEN p.attributes || coalesce(l.attributes, '{{}}')
-                              ELSE p.attributes END,
-            sub_email = coalesce(l.sub_email, p.sub_email),
-            sub_sms = coalesce(l.sub_sms, p.sub_sms),
-            sub_push = coalesce(l.sub_push, p.sub_push),
-            updated_at = $1
-        FROM {source} l
-        WHERE p.id = l.id
-        """,
-        now, timeout=BULK_TIMEOUT,
-    )
-    created = await conn.execute(
-        f"""
-        INSERT INTO profiles (id, email, phone, push_tokens, attributes, sub_email, sub_sms,
-                              sub_push, created_at, updated_at)
-        SELECT l.id, l.email, l.phone, coalesce(l.push_tokens, '{{}}'),
-               coalesce(l.attributes, '{{}}'), coalesce(l.sub_email, true),
-               coalesce(l.sub_sms, true), coalesce(l.sub_push, true), $1, $1
-        FROM {source} l
-        WHERE NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = l.id)
-        """,
-        now, timeout=BULK_TIMEOUT,
-    )
+    updated = await conn.execute(_MERGE_UPDATE.replace("{source}", source), now,
+                                 timeout=BULK_TIMEOUT)
+    created = await conn.execute(_MERGE_INSERT.replace("{source}", source), now,
+                                 timeout=BULK_TIMEOUT)
     return Merged(_count(created), _count(updated), counts["ids"], source)
 
 
@@ -183,16 +191,8 @@ async def add_imported_to_audience(conn: Connection, audience_id: str, merged: M
     """Add the staged profiles that are not members yet, in the order of their first line
     (after `merge_import`, whose row locks stand in for a foreign key, and
     `audiences.hold`, which keeps other transactions from adding members meanwhile)."""
-    result = await conn.execute(
-        f"""
-        INSERT INTO audience_members (audience_id, profile_id)
-        SELECT $1, l.id FROM {merged.source} l
-        WHERE NOT EXISTS (SELECT 1 FROM audience_members m
-                          WHERE m.audience_id = $1 AND m.profile_id = l.id)
-        ORDER BY l.first_line
-        """,
-        audience_id, timeout=BULK_TIMEOUT,
-    )
+    result = await conn.execute(_ADD_MEMBERS.replace("{source}", merged.source), audience_id,
+                                timeout=BULK_TIMEOUT)
     return _count(result)
 
 
