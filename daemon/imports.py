@@ -365,9 +365,8 @@ class ProfileRows(_BulkParser):
             phone is not None and (type(phone) is not str or not _PHONE.fullmatch(phone))
         ) or (attributes is not None and type(attributes) is not dict):
             return None
-        given = 0
-        for name in value:
-            given |= _GIVEN_BITS.get(name, 0)
+        given = ((GIVEN_EMAIL if "email" in value else 0) | (GIVEN_PHONE if "phone" in value else 0)
+                 | (GIVEN_ATTRIBUTES if "attributes" in value else 0))
         return (number, profile_id, email, phone, None,
                 None if attributes is None else _encode_object(attributes),
                 None, None, None, given)
