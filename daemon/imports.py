@@ -299,7 +299,7 @@ def _encode_object(value: dict[str, Any]) -> str:
 
 def _bad_id(value: str) -> str | None:
     # The words pydantic uses for the same rule on NDJSON lines and JSON bodies.
-    return None if _ID.match(value) else f"String should match pattern '{ID_PATTERN}'"
+    return None if _ID.fullmatch(value) else f"String should match pattern '{ID_PATTERN}'"
 
 
 class ProfileRows(_BulkParser):
@@ -323,9 +323,9 @@ class ProfileRows(_BulkParser):
         reason = _bad_id(profile_id)
         if reason:
             return self._refused(number, "id", reason)
-        if email and (len(email) > 254 or not _EMAIL.match(email)):
+        if email and (len(email) > 254 or not _EMAIL.fullmatch(email)):
             return self._refused(number, "email", "not an email address")
-        if phone and not _PHONE.match(phone):
+        if phone and not _PHONE.fullmatch(phone):
             return self._refused(number, "phone", "not an E.164 number (+ and up to 15 digits)")
         if len(token) > MAX_PUSH_TOKEN:
             return self._refused(number, "push_token", f"longer than {MAX_PUSH_TOKEN}")

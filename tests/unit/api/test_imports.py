@@ -67,6 +67,8 @@ async def test_csv_profiles_become_staging_rows_with_what_was_given() -> None:
         ('x,"unclosed', "not closed"),
         ("x,a@b.co,extra", "3 cells for 2 columns"),
         ("x,a\x00@b.co", "NUL"),
+        ('"x\n",a@b.co', "id:"),  # `$` would match before a final newline: fullmatch
+        ('x,"a@b.co\n"', "email:"),
     ],
 )
 async def test_bad_csv_lines_are_reported_by_number(line: str, reason: str) -> None:
