@@ -232,13 +232,16 @@ class InlineRecipient(RequestModel):
         return self
 
 
+MAX_INLINE_RECIPIENTS = 1_000_000  # the schema's bound; the configured limit is lower
+
+
 class TriggerBody(RequestModel):
     """All optional: `audience` and `recipients` exclusive; neither: the campaign's audience."""
 
     context: JsonObject | None = Field(default=None, description="Seen by templates as `context`.")
     audience: Id | None = None
     recipients: list[InlineRecipient] | None = Field(
-        default=None, min_length=1, max_length=1_000_000,
+        default=None, min_length=1, max_length=MAX_INLINE_RECIPIENTS,
         description="At most `limits.max_inline_recipients` (10,000 by default).",
     )
 

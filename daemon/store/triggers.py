@@ -134,9 +134,11 @@ def _target(row: Record) -> TriggerTarget:
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def inline_rows(recipients: Iterable[dict[str, Any]]) -> InlineRows:
-    """The rows of inline recipients (each a dict with `profile_id` and its other fields)."""
-    rows = InlineRows([], [])
+def inline_rows(recipients: Iterable[dict[str, Any]], into: InlineRows | None = None
+                ) -> InlineRows:
+    """The rows of inline recipients (each a dict with `profile_id` and its other fields),
+    added to `into` when given."""
+    rows = InlineRows([], []) if into is None else into
     for recipient in recipients:
         data = dict(recipient)
         rows.profile_ids.append(data.pop("profile_id"))

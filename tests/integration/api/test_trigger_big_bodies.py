@@ -67,3 +67,17 @@ async def test_a_trigger_of_10000_recipients_stores_each_and_replays_by_key(api:
     body["recipients"][-1]["attributes"]["n"] = -1  # the same key, another body
     other = await api.json("POST", TRIGGERS, 422, json=body, headers=headers)
     assert other["code"] == "idempotency_key_reused"
+
+
+async def test_a_big_trigger_names_every_bad_recipient_as_a_small_one_would(api: Api) -> None:
+    await api.live_campaign(schedule=WINDOW)
+    body = _big_body(1_000)  # ~90 KiB: validated in steps, off the loop
+    body["recipients"][5]["email"] = "nope"
+    body["recipients"][780]["email"] = "nope either"
+    refused = await api.json("POST", TRIGGERS, 422, json=body)
+    assert [e["loc"] for e in refused["errors"]] == ["recipients.5.email", "recipients.780.email"]
+    both = await api.json("POST", TRIGGERS, 422, json={**_big_body(1_000), "audience": "a"})
+    assert "not both" in both["detail"]
+    api.reconfigure(CAMPAIGND_LIMITS_MAX_INLINE_RECIPIENTS="999")
+    over = await api.json("POST", TRIGGERS, 422, json=_big_body(1_000))
+    assert [e["loc"] for e in over["errors"]] == ["recipients"]
