@@ -37,7 +37,28 @@ if TYPE_CHECKING:
 # first call can go at the start.
 MIN_LEAD = 0.5
 FREEZE_ROWS_PER_SECOND = engine_store.FREEZE_ROWS_PER_SECOND
-PARALLEL_STARTS = 4  # runs frozen at once by a worker (connections of the pool)
+PARALLEL_STARTS = 4  # start statements at once by a worker (connections of the pool)
+BATCH_RUNS = 100  # runs of inline recipients started by one statement, at most
+BATCH_RECIPIENTS = 10_000  # and their recipients (a larger run starts alone)
+
+
+def _batches(rows: list[RunRow]) -> list[list[RunRow]]:
+    """Runs to start, earliest first, in batches of one statement each: a stored audience
+    alone; runs of inline recipients with the same plan together, within the bounds."""
+    batches: list[list[RunRow]] = []
+    open_batches: dict[tuple[datetime, int | None], list[RunRow]] = {}
+    for row in rows:
+        if row.audience_id is not None:
+            batches.append([row])
+            continue
+        key = engine_store.same_plan(row)
+        batch = open_batches.get(key)
+        if batch is None or len(batch) >= BATCH_RUNS or sum(
+                r.inline_count for r in batch) + row.inline_count > BATCH_RECIPIENTS:
+            batch = open_batches[key] = []
+            batches.append(batch)
+        batch.append(row)
+    return batches
 
 
 class RunStarting:
@@ -96,23 +117,27 @@ class RunStarting:
             now = self.clock.now()
             due = sorted((at, run_id) for run_id, at in self._freeze_at.items()
                          if run_id in self._start_queue)
-            ready = [run_id for at, run_id in due if at <= now][:PARALLEL_STARTS]
+            ready = [self._start_queue[run_id] for at, run_id in due if at <= now]
             if ready:
-                # Several small freezes at once (each its own transaction, on its own
-                # connection): a burst of one-recipient triggers starts at database speed.
-                await asyncio.gather(*(self._start_one(run_id) for run_id in ready))
+                # A few statements at once (each its own transaction, on its own
+                # connection), each starting a batch of runs: a burst of one-recipient
+                # triggers starts at database speed.
+                batches = _batches(ready)[:PARALLEL_STARTS]
+                await asyncio.gather(*(self._start_batch(batch) for batch in batches))
                 continue
             seconds = (due[0][0] - now).total_seconds() if due else None
             await self.wait(self._start_wake, seconds)
 
-    async def _start_one(self, run_id: str) -> None:
-        row = self._start_queue.pop(run_id)
-        self._freeze_at.pop(run_id, None)
+    async def _start_batch(self, rows: list[RunRow]) -> None:
+        for row in rows:
+            self._start_queue.pop(row.id)
+            self._freeze_at.pop(row.id, None)
         try:
-            await self.retrying(functools.partial(self._start, row), "start")
+            await self.retrying(functools.partial(self._start, rows), "start")
         finally:
-            self._starting.discard(run_id)
-            self._sizes.pop(run_id, None)
+            for row in rows:
+                self._starting.discard(row.id)
+                self._sizes.pop(row.id, None)
 
     async def _plan_freeze(self, row: RunRow) -> None:
         size = row.inline_count
@@ -123,13 +148,22 @@ class RunStarting:
         lead = MIN_LEAD + size / FREEZE_ROWS_PER_SECOND
         self._freeze_at[row.id] = row.scheduled_for - timedelta(seconds=lead)
 
-    async def _start(self, row: RunRow) -> None:
+    async def _start(self, rows: list[RunRow]) -> None:
         now = self.clock.now()
-        started = await engine_store.start_run(self.services.pool, row, self.campaign, now=now,
-                                               time_cap=self.services.time_cap,
-                                               size=self._sizes.get(row.id, 0))
-        if started is None:
-            return  # cancelled meanwhile
+        pool, time_cap = self.services.pool, self.services.time_cap
+        if rows[0].audience_id is not None:
+            one = await engine_store.start_run(pool, rows[0], self.campaign, now=now,
+                                               time_cap=time_cap,
+                                               size=self._sizes.get(rows[0].id, 0))
+            started = [one] if one is not None else []  # else cancelled meanwhile
+        else:
+            started = await engine_store.start_inline_runs(pool, rows, self.campaign, now=now,
+                                                           time_cap=time_cap)
+        for run in started:
+            self._started(run)
+
+    def _started(self, started: engine_store.StartedRun) -> None:
+        row = started.run
         counts = started.counts
         plan = started.plan
         self.log.info(

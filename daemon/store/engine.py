@@ -279,27 +279,43 @@ async def start_run(
     """Start a scheduled run (its recipients frozen, its plan and counts set) in one
     statement; a stored audience (`size` members, as counted ahead) only with its first
     chunk. None if it is no longer scheduled (cancelled meanwhile)."""
-    plan = planner.plan_run(scheduled_for=run.scheduled_for, now=now,
-                            rate=run.rate_per_second, time_cap=time_cap, end_at=campaign.end_at)
-    if run.audience_id is not None:
-        chunked = await freeze.start(
-            db, run.id, campaign.channel, audience_id=run.audience_id, size=size,
-            started_at=plan.started_at, deadline=plan.deadline,
-            deadline_reason=plan.deadline_reason, capacity=plan.capacity, now=now,
-            returning=_RUN_COLUMNS, first_chunk=first_chunk)
-        if chunked is None:
-            return None
-        row, counts, freezing = chunked
-        return StartedRun(_run_row(row), plan, counts, freezing)
-    started = await snapshot.start(
-        db, run.id, campaign.channel, audience_id=None, started_at=plan.started_at,
+    if run.audience_id is None:
+        started = await start_inline_runs(db, [run], campaign, now=now, time_cap=time_cap)
+        return started[0] if started else None
+    plan = _plan(run, campaign, now=now, time_cap=time_cap)
+    chunked = await freeze.start(
+        db, run.id, campaign.channel, audience_id=run.audience_id, size=size,
+        started_at=plan.started_at, deadline=plan.deadline,
+        deadline_reason=plan.deadline_reason, capacity=plan.capacity, now=now,
+        returning=_RUN_COLUMNS, first_chunk=first_chunk)
+    if chunked is None:
+        return None
+    row, counts, freezing = chunked
+    return StartedRun(_run_row(row), plan, counts, freezing)
+
+
+def same_plan(run: RunRow) -> tuple[datetime, int | None]:
+    """Runs of one campaign with the same key have the same plan (`start_inline_runs`)."""
+    return run.scheduled_for, run.rate_per_second
+
+
+async def start_inline_runs(
+    db: Executor, runs: list[RunRow], campaign: Campaign, *, now: datetime, time_cap: float
+) -> list[StartedRun]:
+    """Start scheduled runs of inline recipients with the same plan (`same_plan`) in one
+    statement; those no longer scheduled (cancelled meanwhile) are left out."""
+    plan = _plan(runs[0], campaign, now=now, time_cap=time_cap)
+    started = await snapshot.start_inline(
+        db, [run.id for run in runs], campaign.channel, started_at=plan.started_at,
         deadline=plan.deadline, deadline_reason=plan.deadline_reason,
         capacity=plan.capacity, now=now, returning=_RUN_COLUMNS,
     )
-    if started is None:
-        return None
-    row, counts = started
-    return StartedRun(_run_row(row), plan, counts, False)
+    return [StartedRun(_run_row(row), plan, counts, False) for row, counts in started]
+
+
+def _plan(run: RunRow, campaign: Campaign, *, now: datetime, time_cap: float) -> planner.Plan:
+    return planner.plan_run(scheduled_for=run.scheduled_for, now=now,
+                            rate=run.rate_per_second, time_cap=time_cap, end_at=campaign.end_at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,8 +46,9 @@ chunk AS (
 ),
 """
 _RESOLVED = """
-SELECT m.position AS ord, p.id AS profile_id, p.email, p.phone, p.push_tokens, p.attributes,
-       NULL::jsonb AS context, p.sub_email, p.sub_sms, p.sub_push, false AS duplicate
+SELECT NULL::text AS run_id, m.position AS ord, p.id AS profile_id, p.email, p.phone,
+       p.push_tokens, p.attributes, NULL::jsonb AS context, p.sub_email, p.sub_sms,
+       p.sub_push, false AS duplicate
 FROM chunk m CROSS JOIN LATERAL (
     SELECT q.id, q.email, q.phone, q.push_tokens, q.attributes, q.sub_email, q.sub_sms,
            q.sub_push

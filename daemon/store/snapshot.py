@@ -27,16 +27,17 @@ _CHANNEL_SQL: dict[Channel, tuple[str, str]] = {
 
 # A stored audience: members in audience order (unique by the primary key: no duplicates).
 _STORED = """
-SELECT m.position AS ord, p.id AS profile_id, p.email, p.phone, p.push_tokens,
-       p.attributes, NULL::jsonb AS context, p.sub_email, p.sub_sms, p.sub_push,
-       false AS duplicate
+SELECT NULL::text AS run_id, m.position AS ord, p.id AS profile_id, p.email, p.phone,
+       p.push_tokens, p.attributes, NULL::jsonb AS context, p.sub_email, p.sub_sms,
+       p.sub_push, false AS duplicate
 FROM audience_members m JOIN profiles p ON p.id = m.profile_id
 WHERE m.audience_id = {source}
 """
 
-# Inline recipients `i(position, profile_id, data)` merged with the stored profile, if any.
+# Inline recipients `i(run_id, position, profile_id, data)` (of one run or several) merged
+# with the stored profile, if any.
 _INLINE = """
-SELECT i.position::bigint AS ord, i.profile_id,
+SELECT i.run_id, i.position::bigint AS ord, i.profile_id,
        coalesce(i.data->>'email', p.email) AS email,
        coalesce(i.data->>'phone', p.phone) AS phone,
        CASE WHEN jsonb_typeof(i.data->'push_tokens') = 'array'
@@ -51,19 +52,23 @@ SELECT i.position::bigint AS ord, i.profile_id,
            AS context,
        coalesce(p.sub_email, true) AS sub_email, coalesce(p.sub_sms, true) AS sub_sms,
        coalesce(p.sub_push, true) AS sub_push,
-       row_number() OVER (PARTITION BY i.profile_id ORDER BY i.position) > 1 AS duplicate
+       row_number() OVER (PARTITION BY i.run_id, i.profile_id ORDER BY i.position) > 1
+           AS duplicate
 FROM ({rows}) AS i LEFT JOIN profiles p ON p.id = i.profile_id
 """
 _INLINE_STORED_ROWS = (
-    "SELECT position, profile_id, data FROM run_inline_recipients WHERE run_id = {source}"
+    "SELECT run_id, position, profile_id, data FROM run_inline_recipients "
+    "WHERE run_id IN (SELECT id FROM run)"
 )
 _INLINE_GIVEN_ROWS = (
-    "SELECT (e.n - 1) AS position, e.data->>'profile_id' AS profile_id, e.data "
+    "SELECT NULL::text AS run_id, (e.n - 1) AS position, "
+    "e.data->>'profile_id' AS profile_id, e.data "
     "FROM jsonb_array_elements({source}::jsonb) WITH ORDINALITY AS e(data, n)"
 )
 
-# The CTE chain ending in `decided(position, ..., reason)`: reason NULL = pending.
-# Both windows share one ordering, so a stored audience is sorted (or index-scanned) once.
+# The CTE chain ending in `decided(run_id, position, ..., reason)`: reason NULL = pending.
+# Both windows share one ordering, so a stored audience is sorted (or index-scanned) once;
+# several runs' inline recipients are ranked each run apart.
 _DECIDED = """
 resolved AS ({resolved}),
 classified AS (
@@ -79,7 +84,7 @@ ranked AS (
            {eligible_base} + count(*) FILTER (WHERE c.snapshot_reason IS NULL) OVER w
                AS eligible_rank
     FROM classified c
-    WINDOW w AS (ORDER BY c.ord ROWS UNBOUNDED PRECEDING)
+    WINDOW w AS (PARTITION BY c.run_id ORDER BY c.ord ROWS UNBOUNDED PRECEDING)
 ),
 decided AS (
     SELECT r.*,
@@ -91,14 +96,16 @@ decided AS (
 )
 """
 
+# The counts of `{relation}` rows (`{n}`: what is counted; `{r}`: the reason, NULL = pending).
 _COUNTS = """
-SELECT count(*) AS targeted,
-       count(*) FILTER (WHERE reason IS NULL) AS pending,
-       count(*) FILTER (WHERE reason = 'duplicate') AS excluded_duplicate,
-       count(*) FILTER (WHERE reason = 'opted_out') AS excluded_opted_out,
-       count(*) FILTER (WHERE reason = 'no_address') AS excluded_no_address,
-       count(*) FILTER (WHERE reason = 'time_cap') AS excluded_time_cap,
-       count(*) FILTER (WHERE reason = 'campaign_end') AS excluded_campaign_end
+SELECT count({n}) AS targeted,
+       count({n}) FILTER (WHERE {r} IS NULL) AS pending,
+       count({n}) FILTER (WHERE {r} = 'duplicate') AS excluded_duplicate,
+       count({n}) FILTER (WHERE {r} = 'opted_out') AS excluded_opted_out,
+       count({n}) FILTER (WHERE {r} = 'no_address') AS excluded_no_address,
+       count({n}) FILTER (WHERE {r} = 'time_cap') AS excluded_time_cap,
+       count({n}) FILTER (WHERE {r} = 'campaign_end') AS excluded_campaign_end
+       {extra}
 FROM {relation}
 """
 
@@ -141,65 +148,64 @@ def _resolved(audience: bool, rows: str, source: str) -> str:
     return _INLINE.format(rows=rows.format(source=source))
 
 
-# The whole start of a run in one statement: lock it (if still scheduled), insert its
-# recipients, count them, mark it running with its plan and counts.
-_CLAIM_RUN = "run AS (SELECT id FROM runs WHERE id = $1 AND status = 'scheduled' FOR UPDATE),"
+# The whole start of runs of inline recipients in one statement: lock those still
+# scheduled, insert their recipients, count them, mark them running with their plan (the
+# same for all) and counts.
+_CLAIM_RUNS = """
+run AS (SELECT id FROM runs WHERE id = ANY($1::text[]) AND status = 'scheduled' FOR UPDATE),
+"""
 _START = """,
 inserted AS (
     INSERT INTO run_recipients (run_id, position, profile_id, email, phone, push_tokens,
                                 attributes, context, status, reason, updated_at)
-    SELECT $1, d.position, d.profile_id, d.email, d.phone, d.push_tokens, d.attributes,
+    SELECT d.run_id, d.position, d.profile_id, d.email, d.phone, d.push_tokens, d.attributes,
            d.context, CASE WHEN d.reason IS NULL THEN 'pending' ELSE 'excluded' END,
-           d.reason, CASE WHEN d.reason IS NOT NULL THEN $5::timestamptz END
+           d.reason, CASE WHEN d.reason IS NOT NULL THEN $4::timestamptz END
     FROM decided d
-    WHERE EXISTS (SELECT 1 FROM run)
-    RETURNING reason
+    RETURNING run_id, reason
 ),
 counted AS ({counts}),
 started AS (
     UPDATE runs r
-    SET status = 'running', started_at = $6, deadline = $7, deadline_reason = $8,
+    SET status = 'running', started_at = $5, deadline = $6, deadline_reason = $3,
         targeted = c.targeted, pending = c.pending,
         excluded_duplicate = c.excluded_duplicate, excluded_opted_out = c.excluded_opted_out,
         excluded_no_address = c.excluded_no_address, excluded_time_cap = c.excluded_time_cap,
         excluded_campaign_end = c.excluded_campaign_end
     FROM counted c
-    WHERE r.id = $1 AND EXISTS (SELECT 1 FROM run)
+    WHERE r.id = c.run_id
     RETURNING {returning}
 )
-SELECT s.*, c.* FROM started s, counted c
+SELECT s.*, c.* FROM started s JOIN counted c ON c.run_id = s.id
 """
 
 
-async def start(
+async def start_inline(
     db: Executor,
-    run_id: str,
+    run_ids: list[str],
     channel: Channel,
     *,
-    audience_id: str | None,
     started_at: datetime,
     deadline: datetime | None,
     deadline_reason: ExclusionReason | None,
     capacity: int | None,
     now: datetime,
     returning: str,
-) -> tuple[Any, SnapshotCounts] | None:
-    """Start a scheduled run in one statement (atomic: `status = 'scheduled'` is checked
-    under a row lock): its recipients frozen and counted, its plan and counts set. The run's
-    `returning` columns and the counts; None if the run is no longer scheduled."""
-    source = "$2"
-    resolved = _resolved(audience_id is not None, _INLINE_STORED_ROWS, source)
-    sql = (decided(channel, resolved, "$3", "$4", first=_CLAIM_RUN)
-           + _START.format(counts=_COUNTS.format(relation="inserted"),
+) -> list[tuple[Any, SnapshotCounts]]:
+    """Start scheduled runs of inline recipients that share one plan, in one statement
+    (atomic; `status = 'scheduled'` is checked under a row lock): their recipients frozen
+    and counted, their plan and counts set. Each started run's `returning` columns (`id`
+    among them) and counts; the runs no longer scheduled are left out."""
+    resolved = _resolved(False, _INLINE_STORED_ROWS, "")
+    counts = _COUNTS.format(n="i.run_id", r="i.reason", extra=", run.id AS run_id",
+                            relation="run LEFT JOIN inserted i ON i.run_id = run.id "
+                                     "GROUP BY run.id")
+    sql = (decided(channel, resolved, "$2", "$3", first=_CLAIM_RUNS)
+           + _START.format(counts=counts,
                            returning=", ".join(f"r.{c.strip()}" for c in returning.split(","))))
     reason = deadline_reason.value if deadline_reason else None
-    row = await db.fetchrow(
-        sql, run_id, audience_id if audience_id is not None else run_id, capacity, reason, now,
-        started_at, deadline, reason,
-    )
-    if row is None:
-        return None
-    return row, counts_from(row)
+    rows = await db.fetch(sql, run_ids, capacity, reason, now, started_at, deadline)
+    return [(row, counts_from(row)) for row in rows]
 
 
 async def preview(
@@ -218,6 +224,7 @@ async def preview(
     else:
         resolved = _resolved(False, _INLINE_GIVEN_ROWS, "$1")
         source = list(recipients or [])
-    sql = decided(channel, resolved, "$2", "$3") + _COUNTS.format(relation="decided")
+    sql = decided(channel, resolved, "$2", "$3") + _COUNTS.format(
+        n="*", r="reason", extra="", relation="decided")
     row = await db.fetchrow(sql, source, capacity, cap_reason.value if cap_reason else None)
     return counts_from(row)

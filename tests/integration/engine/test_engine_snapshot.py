@@ -16,6 +16,7 @@ from daemon.metrics import Metrics
 from daemon.preview import CampaignNotFound, preview_trigger
 from daemon.store import Pool, freeze
 from daemon.store import engine as engine_store
+from daemon.store import runs as run_store
 from tests.integration.engine.conftest import add_profiles, make_campaign, run_row, trigger
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -106,3 +107,37 @@ async def test_a_large_audience_freezes_in_chunks_in_flat_memory(pool: Pool) -> 
     assert await pool.fetchval(
         "SELECT count(*) FROM run_recipients WHERE run_id = $1", run_id) == size
     assert grown_kib < 20_000  # the recipients never pass through Python
+
+
+async def test_runs_with_one_plan_start_together_each_on_its_own(pool: Pool) -> None:
+    await make_campaign(pool, "c1", rate=1)  # capacity 2 (a 2 s time cap)
+    await add_profiles(pool, 3)
+    first = await trigger(pool, "c1", scheduled_for=NOW, recipients=[
+        {"profile_id": "p0"}, {"profile_id": "p1"}, {"profile_id": "p0"},
+        {"profile_id": "p2"}, {"profile_id": "new", "phone": "+33600000009"}])
+    second = await trigger(pool, "c1", scheduled_for=NOW, recipients=[
+        {"profile_id": "p1"}, {"profile_id": "p0"}])
+    gone = await trigger(pool, "c1", scheduled_for=NOW, recipients=[{"profile_id": "p2"}])
+    assert await run_store.cancel(pool, gone, NOW)
+    campaign = await engine_store.load_campaign(pool, "c1")
+    runs = [await engine_store.load_run(pool, run_id) for run_id in (first, second, gone)]
+    assert campaign is not None and all(runs)
+    started = await engine_store.start_inline_runs(
+        pool, [run for run in runs if run is not None], campaign, now=NOW, time_cap=2)
+    assert sorted(s.run.id for s in started) == sorted([first, second])  # not the cancelled
+    rows = await pool.fetch("SELECT run_id, position, profile_id, status, reason "
+                            "FROM run_recipients ORDER BY run_id, position")
+    assert [(r["position"], r["profile_id"], r["reason"]) for r in rows
+            if r["run_id"] == first] == [
+        (0, "p0", None), (1, "p1", None), (2, "p0", "duplicate"), (3, "p2", "time_cap"),
+        (4, "new", "time_cap")]
+    assert [(r["position"], r["profile_id"], r["reason"]) for r in rows
+            if r["run_id"] == second] == [(0, "p1", None), (1, "p0", None)]
+    by_id = {s.run.id: s.counts for s in started}
+    assert (by_id[first].targeted, by_id[first].pending, by_id[first].excluded["duplicate"],
+            by_id[first].excluded["time_cap"]) == (5, 2, 1, 2)
+    assert (by_id[second].targeted, by_id[second].pending) == (2, 2)
+    for run_id in (first, second):
+        row = await run_row(pool, run_id)
+        assert (row["status"], row["targeted"], row["pending"]) == (
+            "running", by_id[run_id].targeted, by_id[run_id].pending)
