@@ -123,7 +123,7 @@ def _operations() -> list[Operation]:
                   "Add members from streamed NDJSON or CSV of profile ids", "audiences",
                   {200: Reply("What was added and the first 100 refused lines.",
                               MembersResult)},
-                  (400, 404, 409, 415), stream_types=bulk.STREAM_TYPES,
+                  (400, 404, 415), stream_types=bulk.STREAM_TYPES,
                   description="NDJSON `{\"profile_id\": ...}` lines (`MemberLine`) or CSV with "
                   "a `profile_id` column. New members go last, in the order given; existing "
                   "members keep their place; unknown ids are reported, not fatal."),
