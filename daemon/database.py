@@ -41,8 +41,9 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     asyncpg's default adds a round trip per release (`pg_advisory_unlock_all(); CLOSE ALL;
     UNLISTEN *; RESET ALL`): 262 → 87 µs per pooled query without it. Nothing leaves session
     state on a pooled connection: settings are `SET LOCAL` (within a transaction), there is
-    no cursor WITH HOLD, the migrator releases its advisory lock and the listener its
-    channels (tests/integration/foundation/test_pool_session.py)."""
+    no cursor WITH HOLD, advisory locks are transaction-scoped but the migrator's, which it
+    releases, and the listener unlistens its channels
+    (tests/integration/foundation/test_pool_session.py)."""
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:

@@ -96,3 +96,13 @@ def test_no_session_level_setting_in_the_sql() -> None:
              for path in sources for statement in _statements(path)
              if session_set.match(statement) or session_config.search(statement)]
     assert found == []
+
+
+def test_session_advisory_locks_only_in_the_migrator() -> None:
+    """A session-level advisory lock outlives its transaction on a pooled connection: only the
+    migrator takes one (and unlocks it, tested above); others use `pg_advisory_xact_lock`."""
+    session_lock = re.compile(r"pg_(?:try_)?advisory_lock(?:_shared)?\s*\(", re.IGNORECASE)
+    sources = [*ROOT.joinpath("daemon").rglob("*.py"), *ROOT.joinpath("migrations").glob("*.sql")]
+    found = [str(path.relative_to(ROOT)) for path in sources
+             if session_lock.search(path.read_text())]
+    assert found == ["daemon/migrate.py"]
