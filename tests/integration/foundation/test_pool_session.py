@@ -81,8 +81,9 @@ def _statements(path: Path) -> list[str]:
         return [statement.strip() for statement in text.split(";")]
     literals = re.finditer(r"""(?<![\w)\]])["']{1,3}([^"']*)""", text)
     # A literal right after another one continues it (implicit concatenation): not a start.
-    return [match.group(1).strip() for match in literals
-            if not text[:match.start()].rstrip().endswith(("'", '"'))]
+    return [statement.strip() for match in literals
+            if not text[:match.start()].rstrip().endswith(("'", '"'))
+            for statement in match.group(1).split(";")]
 
 
 def test_no_session_level_setting_in_the_sql() -> None:
