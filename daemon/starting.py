@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # it just early enough: MIN_LEAD before its start, plus its size (a stored audience's first
 # chunk) at FREEZE_ROWS_PER_SECOND (a conservative rate for the INSERT ... SELECT), so the
 # first call can go at the start.
-MIN_LEAD = 0.5
+MIN_LEAD = 1.0
 FREEZE_ROWS_PER_SECOND = engine_store.FREEZE_ROWS_PER_SECOND
 PARALLEL_STARTS = 4  # start statements at once by a worker (connections of the pool)
 BATCH_RUNS = 100  # runs of inline recipients started by one statement, at most

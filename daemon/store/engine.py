@@ -108,9 +108,10 @@ def _campaign(row: Record) -> Campaign:
 
 
 # When a worker should take a scheduled run: early enough to freeze it before its start.
-# Inline recipients are counted at the trigger: 1 s of slack (lease, worker), 0.5 s, and
-# their freeze time; a stored audience is counted by the worker, taken 30 s ahead.
-INLINE_SLACK = 1.5
+# Inline recipients are counted at the trigger: 1 s of slack (lease, worker), the worker's
+# lead (`starting.MIN_LEAD`), and their freeze time; a stored audience is counted by the
+# worker, taken 30 s ahead.
+INLINE_SLACK = 2.0
 AUDIENCE_HORIZON = 30.0
 FREEZE_ROWS_PER_SECOND = 100_000
 _PREPARE_AT = (
@@ -169,23 +170,34 @@ async def due_runs(db: Executor, now: datetime, inline_lead: float) -> list[RunR
 
 
 async def next_due(db: Executor, now: datetime, inline_lead: float) -> datetime | None:
-    """When the next scheduled run will be due (at the latest: runs are taken early)."""
+    """When the next scheduled run not yet due will be due (at the latest: runs are taken
+    early). Runs already due are not looked at: they were handed to their workers, and
+    waking for them again would make the scheduler poll until they start."""
     row = await db.fetchrow(
         f"""
         SELECT (SELECT min(scheduled_for) FROM runs
-                WHERE status = 'scheduled' AND scheduled_for > $1::timestamptz) AS next_run,
+                WHERE status = 'scheduled'
+                  AND scheduled_for > $1::timestamptz + make_interval(secs => $2))
+                   AS next_run,
+               (SELECT min({_PREPARE_AT}) FROM runs r
+                WHERE r.status = 'scheduled' AND r.audience_id IS NULL
+                  AND r.scheduled_for > $1::timestamptz
+                  AND r.scheduled_for <= $1::timestamptz + make_interval(secs => $2)
+                  AND {_PREPARE_AT} > $1) AS next_near,
                (SELECT min(scheduled_for) FROM runs
                 WHERE status = 'scheduled' AND audience_id IS NOT NULL
                   AND scheduled_for > $1::timestamptz
                                       + make_interval(secs => {AUDIENCE_HORIZON}))
                    AS next_audience_run
         """,
-        now,
+        now, inline_lead,
     )
     assert row is not None
     candidates = []
     if row["next_run"] is not None:
         candidates.append(row["next_run"] - timedelta(seconds=inline_lead))
+    if row["next_near"] is not None:
+        candidates.append(row["next_near"])
     if row["next_audience_run"] is not None:
         candidates.append(row["next_audience_run"] - timedelta(seconds=AUDIENCE_HORIZON))
     return min(candidates) if candidates else None

@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 from daemon.store import Pool
+from daemon.store import engine as engine_store
 from tests.integration.engine.conftest import (
     EngineFactory,
     Gateway,
@@ -119,3 +120,24 @@ async def test_a_run_whose_campaign_ended_while_down_ends_with_nothing_sent(
     assert gateway.arrivals == []
     campaign = await pool.fetchval("SELECT status FROM campaigns WHERE id = 'c1'")
     assert campaign == "completed"
+
+
+async def test_the_scheduler_wakes_for_runs_not_yet_due_only(pool: Pool) -> None:
+    """A run already due (handed to its worker, not started yet) is no reason to wake: the
+    next wake is the next run's time to be taken."""
+    now = datetime.now(UTC)
+    lead = engine_store.INLINE_SLACK + 0.1  # the longest inline lead (the largest freeze)
+    await make_campaign(pool, "c1", start_at=now)
+    await trigger(pool, "c1", scheduled_for=now + timedelta(seconds=1),
+                  recipients=[{"profile_id": "p0", "phone": "+33600000000"}])  # due
+    assert await engine_store.next_due(pool, now, lead) is None
+    near = now + timedelta(seconds=engine_store.INLINE_SLACK + 0.05)  # due in ~0.05 s
+    await trigger(pool, "c1", scheduled_for=near,
+                  recipients=[{"profile_id": "p1", "phone": "+33600000001"}])
+    later = now + timedelta(seconds=30)
+    await trigger(pool, "c1", scheduled_for=later,
+                  recipients=[{"profile_id": "p2", "phone": "+33600000002"}])
+    wake = await engine_store.next_due(pool, now, lead)
+    assert wake is not None
+    assert now < wake <= near - timedelta(seconds=engine_store.INLINE_SLACK)
+    assert await engine_store.next_due(pool, near, lead) == later - timedelta(seconds=lead)
