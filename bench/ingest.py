@@ -8,8 +8,9 @@ machine, the ceiling of the HTTP layer. Reported: sustained triggers/s, p50/p99 
 1,000/s (goal p99 < 50 ms), closed-loop maxima, and daemon/bare ratios. Each trigger
 is a real run: the daemon also fans them out to the gateway meanwhile.
 
-Before that, `handler_only`: one step at 1,000/s and the closed loop against a campaign
-that starts in an hour (its runs wait in the scheduler), so that the trigger's own cost
+Before that, `handler_only`: steps at 250 and 1,000/s and the closed loop against a campaign
+that starts in an hour (its runs wait in the scheduler; the campaign is stopped after,
+which cancels them), so that the trigger's own cost
 (HTTP, validation, the statement, the NOTIFY) shows apart from the engine's. CPU per
 accepted trigger, daemon and database, for both phases: the figure to compare across
 runs on a busy machine, where latencies move with the neighbours.
@@ -63,6 +64,7 @@ async def _load(url: str, token: str | None, options: Options,
 
 
 async def bench(options: Options) -> dict[str, Any]:
+    rates = SMOKE_RATES if options.smoke else FULL_RATES
     latency_rate = SMOKE_RATES[-1] if options.smoke else LATENCY_RATE
     async with Harness("ingest", smoke=options.smoke,
                        database_url=options.database_url) as harness:
@@ -85,8 +87,10 @@ async def bench(options: Options) -> dict[str, Any]:
             async with harness.profile(daemon, "ingest-handler"):
                 handler_window.start()
                 handler = await _load(f"{daemon.url}/v1/campaigns/ingest-later/triggers",
-                                      daemon.token, options, [latency_rate])
+                                      daemon.token, options, [rates[0], latency_rate])
                 handler_window.stop()
+            # Its runs would wait in the scheduler's index through the next phase: cancelled.
+            await api.request("POST", "/v1/campaigns/ingest-later/stop")
             window = harness.cpu_window(daemon)
             async with harness.profile(daemon, "ingest"):
                 window.start()
