@@ -31,6 +31,7 @@ async def bench(options: Options) -> dict[str, Any]:
         async with daemon.api() as api:
             await api.require("/v1/campaigns")
             await api.import_profiles(count, "shared")
+            await harness.settle()
             for name in names:
                 await api.create_campaign(name, audience="shared", rate=RATE)
             window = harness.cpu_window(daemon)

@@ -38,6 +38,7 @@ async def bench(options: Options) -> dict[str, Any]:
                 await api.import_profiles(count, f"a{rate}", start=start)
                 await api.create_campaign(f"rate{rate}", audience=f"a{rate}", rate=rate)
                 start += count
+            await harness.settle()
             slow = [rate for rate in sizes if rate != 2000]
             reports = await asyncio.gather(*(
                 run_to_end(api, gateway, f"rate{rate}", expected=sizes[rate], rate=rate)

@@ -37,6 +37,7 @@ async def bench(options: Options) -> dict[str, Any]:
         async with daemon.api() as api:
             await api.require("/v1/campaigns")
             await api.import_profiles(count, "crowd")
+            await harness.settle()
             await api.create_campaign("crash", audience="crowd", rate=RATE)
             accepted = await api.trigger("crash", {"context": {"promo": "X1"}})
             await gateway.wait_count(1, within=FIRST_SEND_TIMEOUT, what="recovery")

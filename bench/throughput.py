@@ -33,6 +33,7 @@ async def bench(options: Options) -> dict[str, Any]:
         async with daemon.api() as api:
             await api.require("/v1/campaigns")
             imported = await api.import_profiles(count, "everyone")
+            await harness.settle()
             await api.create_campaign("flood", audience="everyone")
             window = harness.cpu_window(daemon)
             async with harness.profile(daemon, "throughput"):
