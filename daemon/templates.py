@@ -64,10 +64,26 @@ class RenderError(CampaigndError):
         super().__init__(reason)
 
 
+# What `getattr` finds on a plain dict: its methods (a dict instance has no own attributes).
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
 class _Environment(SandboxedEnvironment):
     """The sandbox, plus bounds on `*` and `**` (intercepted, so never constant-folded)."""
 
     intercepted_binops = frozenset({"*", "**"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """`profile.attributes.name` on a plain dict: its item straight away, as the sandbox
+        would find it after `getattr` failed (an exception per lookup); a name that a dict has
+        as an attribute (`items`, `__class__`) goes through the sandbox's own rule."""
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except LookupError:
+                pass
+            return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
         if operator_name == "*":

@@ -140,3 +140,32 @@ def test_push_data_reading_the_unsubscribe_url_counts() -> None:
     content = CompiledContent.compile(Channel.PUSH, {
         "title": "t", "body": "b", "data": {"u": "{{ unsubscribe_url }}", "n": 1}})
     assert content.uses_unsubscribe_url
+
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("{{ profile.attributes.first_name }}", "Ann <b>"),
+        # A dict's own methods win over its keys, as in any sandboxed template.
+        ("{{ context.items is callable }}", "True"),
+        ("{% for k, v in context.items() %}{{ k }}={{ v }}{% endfor %}", "promo=X1"),
+        ("{{ context.get('promo') }}", "X1"),
+        ("{{ context.nope | default('-') }}", "-"),
+        ("{{ context.nope is defined }}", "False"),
+        # A key that is no dict attribute is the item, underscore or not (Jinja's rule).
+        ("{{ extra.mro }} {{ extra._private }}", "2 1"),
+    ],
+)
+def test_attribute_lookups_on_dicts_keep_the_sandbox_rules(source: str, expected: str) -> None:
+    variables = {**VARIABLES, "extra": {"_private": 1, "mro": 2}}
+    content = CompiledContent.compile(Channel.SMS, {"body": source})
+    assert content.render(variables)["body"] == expected
+
+
+@pytest.mark.parametrize("source", ["{{ context.__class__ }}", "{{ context.nope }}",
+                                    "{{ context.items.__self__ }}"])
+def test_unsafe_or_missing_attributes_of_dicts_are_render_errors(source: str) -> None:
+    content = CompiledContent.compile(Channel.SMS, {"body": source})
+    with pytest.raises(RenderError):
+        content.render(VARIABLES)
