@@ -108,18 +108,30 @@ class ProviderHandle:
         self.name = instance.provider.name
         self.settings: ProviderSettings = instance.provider.settings
         self.writes_unsubscribe_url = instance.provider.writes_unsubscribe_url
+        # The instance last found, and the registry's instances it was found in: a start,
+        # reload or close replaces that mapping (never changes it in place), and with it the
+        # channel's provider, so it is looked up again only then, not per message.
+        self._instance = instance
+        self._found_in = registry._instances
 
     def __repr__(self) -> str:
         return f"ProviderHandle(channel={self.channel.value!r}, provider={self.name!r})"
+
+    def _current(self) -> _Instance:
+        registry = self._registry
+        if registry._instances is not self._found_in:
+            self._instance = registry._instance_for(self.channel)  # raises when none
+            self._found_in = registry._instances
+        return self._instance
 
     async def start(self) -> None:
         return None
 
     async def send(self, message: Message) -> SendResult:
-        return await self._registry._instance_for(self.channel).send(message)
+        return await self._current().send(message)
 
     async def probe(self) -> None:
-        await self._registry._instance_for(self.channel).provider.probe()
+        await self._current().provider.probe()
 
     async def close(self) -> None:
         return None
