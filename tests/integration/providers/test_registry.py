@@ -105,7 +105,7 @@ def _sms(n: int) -> Message:
     )
 
 
-async def test_each_channel_gets_its_configured_provider(
+async def test_each_channel_gets_its_configured_provider_and_a_handle_follows_it(
     tmp_path: Path, gateways: tuple[SlowGateway, SlowGateway]
 ) -> None:
     old, _ = gateways
@@ -119,8 +119,21 @@ async def test_each_channel_gets_its_configured_provider(
         assert set(registry.providers()) == {"log", "hook"}
         result = await sms.send(_sms(1))
         assert result.provider_message_id == "old-run_1:1"
+        # The channel moves to the implicit `log` provider: the same handle sends there now.
+        await registry.reload(_config(tmp_path, f"""
+[providers.hook]
+kind = "webhook"
+url = "{old.url}"
+[channels]
+sms = "log"
+"""))
+        assert sms.name == "log"
+        assert (await sms.send(_sms(2))).provider_message_id != "old-run_1:2"
+        assert old.arrived == ["run_1:1"]
     finally:
         await registry.close()
+    with pytest.raises(RuntimeError, match="no started provider"):  # closed: nothing sends
+        await sms.send(_sms(3))
 
 
 async def test_a_reload_while_sends_are_in_flight_drops_nothing(
@@ -150,31 +163,6 @@ async def test_a_reload_while_sends_are_in_flight_drops_nothing(
     assert sorted(old.answered) == sorted(f"run_1:{n}" for n in range(5))
     await registry.close()
 
-
-
-async def test_a_held_handle_follows_the_channel_to_another_provider_and_stops_at_close(
-    tmp_path: Path, gateways: tuple[SlowGateway, SlowGateway]
-) -> None:
-    old, _ = gateways
-    old.release.set()
-    registry = ProviderRegistry(_hook_config(tmp_path, old.url))
-    await registry.start()
-    sms = registry.for_channel(Channel.SMS)
-    assert (await sms.send(_sms(1))).provider_message_id == "old-run_1:1"
-    # The channel moves to the implicit `log` provider: the same handle sends there now.
-    await registry.reload(_config(tmp_path, f"""
-[providers.hook]
-kind = "webhook"
-url = "{old.url}"
-[channels]
-sms = "log"
-"""))
-    assert sms.name == "log"
-    assert (await sms.send(_sms(2))).provider_message_id != "old-run_1:2"
-    assert old.arrived == ["run_1:1"]
-    await registry.close()
-    with pytest.raises(RuntimeError, match="no started provider"):
-        await sms.send(_sms(3))
 
 
 async def test_unchanged_providers_are_kept_across_a_reload(
