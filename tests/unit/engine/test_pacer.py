@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from daemon.ratelimit import Pacer, ProviderGate
+from daemon.ratelimit import Pacer, ProviderGate, Turn
 from tests.unit.engine.rates import achieved_rate, max_in_window
 from tests.unit.engine.virtual_loop import VirtualTimeLoop, run_virtual
 
@@ -114,3 +114,70 @@ def test_a_provider_pause_holds_calls_until_it_ends() -> None:
         return loop.time() - start
 
     assert run_virtual(scenario()) >= 1.5
+
+
+async def _holder(turn: Turn, name: str, order: list[str], release: asyncio.Event) -> None:
+    async with turn:
+        order.append(name)
+        await release.wait()
+
+
+def test_the_turn_goes_to_the_waiters_in_arrival_order_skipping_the_cancelled() -> None:
+    async def scenario() -> list[str]:
+        turn, order = Turn(), []
+        releases = {name: asyncio.Event() for name in "abcd"}
+        tasks = {}
+        for name in "abcd":
+            tasks[name] = asyncio.create_task(_holder(turn, name, order, releases[name]))
+            await asyncio.sleep(0)
+        tasks["b"].cancel()  # cancelled while waiting: skipped, the queue unchanged
+        await asyncio.sleep(0)
+        late = asyncio.create_task(_holder(turn, "e", order, releases["a"]))  # comes last
+        for name in "acd":
+            releases[name].set()
+            await asyncio.sleep(0)
+        await asyncio.gather(tasks["a"], tasks["c"], tasks["d"], late)
+        assert tasks["b"].cancelled() and not turn.locked()
+        return order
+
+    assert run_virtual(scenario()) == ["a", "c", "d", "e"]
+
+
+def test_a_waiter_cancelled_once_handed_the_turn_passes_it_on() -> None:
+    async def scenario() -> list[str]:
+        turn, order = Turn(), []
+        go = asyncio.Event()
+        go.set()
+        async with turn:
+            b = asyncio.create_task(_holder(turn, "b", order, go))
+            c = asyncio.create_task(_holder(turn, "c", order, go))
+            await asyncio.sleep(0)  # both wait
+        b.cancel()  # the turn is b's already (handed on release), b not yet running
+        await c
+        await asyncio.gather(b, return_exceptions=True)
+        assert b.cancelled() and not turn.locked()
+        return order
+
+    assert run_virtual(scenario()) == ["c"]
+
+
+def test_a_waiter_cancelled_then_dropped_by_a_release_leaves_the_turn_sound() -> None:
+    async def scenario() -> list[str]:
+        turn, order = Turn(), []
+        first, other = asyncio.Event(), asyncio.Event()
+        other.set()
+        a = asyncio.create_task(_holder(turn, "a", order, first))
+        await asyncio.sleep(0)
+        b = asyncio.create_task(_holder(turn, "b", order, other))
+        c = asyncio.create_task(_holder(turn, "c", order, other))
+        await asyncio.sleep(0)
+        first.set()  # a runs first: its release drops b's waiter, cancelled below
+        b.cancel()
+        await asyncio.gather(a, c)
+        await asyncio.gather(b, return_exceptions=True)
+        assert b.cancelled() and not turn.locked()
+        async with turn:  # free again, at once
+            order.append("d")
+        return order
+
+    assert run_virtual(scenario()) == ["a", "c", "d"]
