@@ -144,7 +144,8 @@ class RunStarting:
         if row.audience_id is not None:  # frozen in chunks: the first one before the start
             size = self._sizes[row.id] = await engine_store.audience_size(
                 self.services.pool, row.audience_id)
-            size = min(size, freeze_store.FIRST_CHUNK)
+            first = engine_store.first_chunk_of(row)
+            size = min(size, first) if first is not None else size
         lead = MIN_LEAD + size / FREEZE_ROWS_PER_SECOND
         self._freeze_at[row.id] = row.scheduled_for - timedelta(seconds=lead)
 

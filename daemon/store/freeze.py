@@ -192,7 +192,7 @@ async def start(
     pool: Pool, run_id: str, channel: Channel, *, audience_id: str, size: int,
     started_at: datetime, deadline: datetime | None,
     deadline_reason: ExclusionReason | None, capacity: int | None, now: datetime,
-    returning: str, first_chunk: int = FIRST_CHUNK,
+    returning: str, first_chunk: int | None = FIRST_CHUNK,
 ) -> tuple[Record, SnapshotCounts, bool] | None:
     """Start a scheduled run over a stored audience with its first chunk (atomic, like
     `snapshot.start`): the run's `returning` columns, its counts (the members still to

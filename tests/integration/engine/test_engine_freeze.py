@@ -104,7 +104,7 @@ async def test_every_chunk_boundary_freezes_what_one_statement_would(pool: Pool)
 async def test_members_changed_during_the_freeze_are_in_the_run_at_most_once(
     pool: Pool
 ) -> None:
-    await make_campaign(pool, "c1")
+    await make_campaign(pool, "c1", rate=100)
     await add_profiles(pool, 10, audience="a1")
     await add_profiles(pool, 2, prefix="q")
     run_id = await trigger(pool, "c1", audience="a1", scheduled_for=NOW)
@@ -180,12 +180,13 @@ async def test_the_engine_sends_while_it_freezes(
     pool: Pool, gateway: Gateway, start_engine: EngineFactory
 ) -> None:
     size = freeze.FIRST_CHUNK + 3_000
-    await make_campaign(pool, "c1")
+    await make_campaign(pool, "c1", rate=2000)
     await add_profiles(pool, size, audience="a1")
     await start_engine(engine_config(gateway))
     run_id = await trigger(pool, "c1", audience="a1")
     row = await wait_run_status(pool, run_id, timeout=60)
     assert (row["status"], row["end_reason"], row["sent"]) == ("completed", "delivered", size)
+    assert row["excluded_time_cap"] == 0
     keys = Counter(gateway.keys())
     assert len(keys) == size and set(keys.values()) == {1}
     assert await pool.fetchval("SELECT count(*) FROM run_freezes") == 0
@@ -203,3 +204,13 @@ async def test_a_deadline_mid_freeze_excludes_the_rest_for_it(pool: Pool) -> Non
     row = await _rows_match_counts(pool, run_id)
     assert (row["targeted"], row["excluded_campaign_end"], row["excluded_opted_out"],
             row["excluded_no_address"]) == (12, 9, 2, 1)
+
+
+async def test_an_unthrottled_run_freezes_its_audience_at_once(pool: Pool) -> None:
+    await make_campaign(pool, "c1")  # it would outrun the chunks
+    await _audience(pool, 12)
+    run_id = await trigger(pool, "c1", audience="a1", scheduled_for=NOW)
+    started = await _start(pool, "c1", run_id, size=12, first_chunk=3)
+    assert not started.freezing
+    assert (started.counts.targeted, started.counts.pending) == (12, 9)
+    await _rows_match_counts(pool, run_id)
