@@ -71,9 +71,18 @@ class RunExecution:
     progress_calls: int = 0  # calls at the last progress line
     progress_at: float = 0.0  # monotonic time of the last progress line
     started_mono: float = 0.0
+    # (row, its scheduled_for in ISO 8601): formatted once per run, not per message.
+    _scheduled_iso: tuple[RunRow, str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    def scheduled_iso(self) -> str:
+        """`row.scheduled_for` as templates see it (`run.scheduled_for`)."""
+        cached = self._scheduled_iso
+        if cached is None or cached[0] is not self.row:
+            cached = self._scheduled_iso = (self.row, self.row.scheduled_for.isoformat())
+        return cached[1]
 
     def call_started(self) -> None:
         self.in_call += 1
@@ -107,7 +116,7 @@ def variables(run: RunExecution, recipient: Claimed, unsubscribe_url: str | None
         },
         "context": context,
         "campaign": run.campaign_variables,
-        "run": {"id": run.id, "scheduled_for": run.row.scheduled_for.isoformat()},
+        "run": {"id": run.id, "scheduled_for": run.scheduled_iso()},
         "unsubscribe_url": unsubscribe_url,
     }
 
