@@ -115,7 +115,7 @@ def variables(run: RunExecution, recipient: Claimed, unsubscribe_url: str | None
             "push_tokens": list(recipient.push_tokens), "attributes": recipient.attributes,
         },
         "context": context,
-        "campaign": run.campaign_variables,
+        "campaign": dict(run.campaign_variables),  # the worker's: a template may change it
         "run": {"id": run.id, "scheduled_for": run.scheduled_iso()},
         "unsubscribe_url": unsubscribe_url,
     }

@@ -46,10 +46,13 @@ def test_what_a_template_changes_stays_in_its_own_message() -> None:
     run = _run()
     content = CompiledContent.compile(Channel.SMS, {
         "body": "{{ context.update({'promo': 'hacked'}) or '' }}"
-                "{{ run.update({'id': 'x'}) or '' }}{{ context.promo }} {{ run.id }}"})
+                "{{ run.update({'id': 'x'}) or '' }}{{ campaign.update({'id': 'y'}) or '' }}"
+                "{{ context.promo }} {{ run.id }} {{ campaign.id }}"})
     first = build_message(run, _recipient(1), content, Channel.SMS, SETTINGS, None)
     second = build_message(run, _recipient(2), content, Channel.SMS, SETTINGS, None)
-    assert first.content == {"body": "hacked x"}
+    assert first.content == {"body": "hacked x y"}
+    assert first.campaign_id == second.campaign_id == "c1"
+    assert run.campaign_variables["id"] == "c1"
     assert variables(run, _recipient(3), None)["context"] == {"promo": "X1"}
     assert variables(run, _recipient(3), None)["run"]["id"] == "r1"
     assert second.idempotency_key == "r1:2" and second.to.phone == "+33600000000"
