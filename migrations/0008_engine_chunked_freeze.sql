@@ -20,3 +20,12 @@ CREATE TABLE run_freezes (
     capacity      bigint,             -- the run's capacity (NULL: none)
     cap_reason    text                -- the reason of those beyond it
 );
+
+-- Outcomes are looked up by status and reason only once written (the API's filtered
+-- recipient lists); pending rows have run_recipients_pending. Left whole, this index led the
+-- planner, on a run whose rows came in since the last ANALYZE (a chunked freeze's, always),
+-- to find each written outcome's row by walking every pending entry of the run (~1 ms a
+-- row); partial, it also costs no entry per recipient at the freeze.
+DROP INDEX run_recipients_outcome;
+CREATE INDEX run_recipients_outcome ON run_recipients (run_id, status, reason, position)
+    WHERE status <> 'pending';

@@ -99,3 +99,20 @@ async def test_a_freeze_chunk_reads_the_next_members_by_index(pool: Pool) -> Non
         ("Index Scan", "audience_members_order")}, scans
     assert {s for s in scans if (s[1] or "").startswith("profiles")} == {
         ("Index Scan", "profiles_pkey")}, scans
+
+
+async def test_an_outcome_write_never_walks_the_outcome_index(pool: Pool) -> None:
+    """On rows that came in since the last ANALYZE (a chunked freeze's): the outcome index
+    holds no pending row, so a write cannot look its rows up there."""
+    await make_campaign(pool, "c1")
+    await pool.execute("ANALYZE run_recipients")  # statistics of an empty table
+    await pool.execute("INSERT INTO runs (id, campaign_id, status, scheduled_for) "
+                       "VALUES ('r1', 'c1', 'running', now())")
+    await pool.execute("INSERT INTO run_recipients (run_id, position, profile_id) "
+                       "SELECT 'r1', n, 'p' || n FROM generate_series(0, 29999) AS n")
+    async with pool.acquire() as conn, conn.transaction():
+        raw = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) " + store._WRITE_SQL, ["r1"] * 2, [10, 11], ["sent"] * 2,
+            [None] * 2, [None] * 2, [1, 1], [None] * 2, [None] * 2, [NOW] * 2)
+    scans = _scans(raw if isinstance(raw, list) else json.loads(raw))
+    assert not any(name == "run_recipients_outcome" for _, name in scans), scans
