@@ -169,27 +169,32 @@ async def due_runs(db: Executor, now: datetime, inline_lead: float) -> list[RunR
     return [_run_row(row) for row in rows]
 
 
+# Each bound is read from the end of its own index range (`runs_due`; `runs_due_audience`
+# for the stored audiences, which would otherwise walk every waiting inline run, 0009).
+_NEXT_DUE = f"""
+SELECT (SELECT min(scheduled_for) FROM runs
+        WHERE status = 'scheduled'
+          AND scheduled_for > $1::timestamptz + make_interval(secs => $2))
+           AS next_run,
+       (SELECT min({_PREPARE_AT}) FROM runs r
+        WHERE r.status = 'scheduled' AND r.audience_id IS NULL
+          AND r.scheduled_for > $1::timestamptz
+          AND r.scheduled_for <= $1::timestamptz + make_interval(secs => $2)
+          AND {_PREPARE_AT} > $1) AS next_near,
+       (SELECT min(scheduled_for) FROM runs
+        WHERE status = 'scheduled' AND audience_id IS NOT NULL
+          AND scheduled_for > $1::timestamptz
+                              + make_interval(secs => {AUDIENCE_HORIZON}))
+           AS next_audience_run
+"""
+
+
 async def next_due(db: Executor, now: datetime, inline_lead: float) -> datetime | None:
     """When the next scheduled run not yet due will be due (at the latest: runs are taken
     early). Runs already due are not looked at: they were handed to their workers, and
     waking for them again would make the scheduler poll until they start."""
     row = await db.fetchrow(
-        f"""
-        SELECT (SELECT min(scheduled_for) FROM runs
-                WHERE status = 'scheduled'
-                  AND scheduled_for > $1::timestamptz + make_interval(secs => $2))
-                   AS next_run,
-               (SELECT min({_PREPARE_AT}) FROM runs r
-                WHERE r.status = 'scheduled' AND r.audience_id IS NULL
-                  AND r.scheduled_for > $1::timestamptz
-                  AND r.scheduled_for <= $1::timestamptz + make_interval(secs => $2)
-                  AND {_PREPARE_AT} > $1) AS next_near,
-               (SELECT min(scheduled_for) FROM runs
-                WHERE status = 'scheduled' AND audience_id IS NOT NULL
-                  AND scheduled_for > $1::timestamptz
-                                      + make_interval(secs => {AUDIENCE_HORIZON}))
-                   AS next_audience_run
-        """,
+        _NEXT_DUE,
         now, inline_lead,
     )
     assert row is not None

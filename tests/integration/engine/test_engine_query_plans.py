@@ -11,6 +11,7 @@ import pytest
 
 from daemon.models import Channel
 from daemon.store import Pool, freeze
+from daemon.store import engine as engine_store
 from daemon.store import recipients as store
 from tests.integration.engine.conftest import add_profiles, make_campaign
 
@@ -116,3 +117,31 @@ async def test_an_outcome_write_never_walks_the_outcome_index(pool: Pool) -> Non
             [None] * 2, [None] * 2, [1, 1], [None] * 2, [None] * 2, [NOW] * 2)
     scans = _scans(raw if isinstance(raw, list) else json.loads(raw))
     assert not any(name == "run_recipients_outcome" for _, name in scans), scans
+
+
+def _filtered_out(node: Any) -> int:
+    """The most rows any node of an EXPLAIN ANALYZE plan read and then threw away."""
+    removed = int(node.get("Rows Removed by Filter", 0))
+    return max([removed, *(_filtered_out(child) for child in node.get("Plans", []))])
+
+
+async def test_the_next_wake_up_does_not_walk_the_waiting_inline_runs(pool: Pool) -> None:
+    # 3,000 runs of inline recipients wait an hour ahead (a burst of triggers for a
+    # campaign that starts later), one run over a stored audience two hours ahead: at each
+    # wake-up the scheduler must find the latter without reading the former.
+    await make_campaign(pool, "c1")
+    later = datetime.now(UTC)
+    await pool.execute(
+        """
+        INSERT INTO runs (id, campaign_id, scheduled_for, audience_id)
+        SELECT 'r' || n, 'c1', $1::timestamptz + interval '1 hour' + n * interval '1 ms', NULL
+        FROM generate_series(1, 3000) AS n
+        UNION ALL SELECT 'ra', 'c1', $1::timestamptz + interval '2 hours', 'a1'
+        """, later)
+    await pool.execute("ANALYZE runs")
+    async with pool.acquire() as conn:
+        raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {engine_store._NEXT_DUE}",
+                                  later, 2.0)
+    plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+    assert _filtered_out(plan) < 10, plan
+    assert await engine_store.next_due(pool, later, 2.0) is not None
