@@ -42,7 +42,7 @@ def _ratio(numerator: Any, denominator: Any) -> str:
         return "–"
     if not denominator:
         return "–"
-    return f"{numerator / denominator:.3g}"
+    return f"{numerator / denominator:.4g}"
 
 
 def rows(benches: dict[str, Any]) -> list[tuple[str, str, str, str]]:
