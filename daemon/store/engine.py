@@ -119,6 +119,13 @@ _PREPARE_AT = (
     f"THEN {INLINE_SLACK} + r.inline_count / {FREEZE_ROWS_PER_SECOND}.0 "
     f"ELSE {AUDIENCE_HORIZON} END))"
 )
+# The index ranges that hold every run `_PREPARE_AT` can make due by $1 ($2: the longest
+# lead of an inline run).
+_DUE_RANGE = (
+    "(r.scheduled_for <= $1::timestamptz + make_interval(secs => $2)"
+    " OR (r.audience_id IS NOT NULL"
+    f" AND r.scheduled_for <= $1::timestamptz + make_interval(secs => {AUDIENCE_HORIZON})))"
+)
 
 
 async def due_work(db: Executor, now: datetime, inline_lead: float) -> list[CampaignWork]:
@@ -134,10 +141,7 @@ async def due_work(db: Executor, now: datetime, inline_lead: float) -> list[Camp
                extract(epoch FROM l.expires_at - clock_timestamp())::float8 AS lease_remaining
         FROM runs r LEFT JOIN engine_leases l ON l.campaign_id = r.campaign_id
         WHERE r.status IN ('scheduled', 'running')
-          AND (r.scheduled_for <= $1::timestamptz + make_interval(secs => $2)
-               OR (r.audience_id IS NOT NULL
-                   AND r.scheduled_for <= $1::timestamptz
-                                       + make_interval(secs => {AUDIENCE_HORIZON})))
+          AND {_DUE_RANGE}
           AND (r.status = 'running' OR {_PREPARE_AT} <= $1)
         GROUP BY r.campaign_id, l.holder, l.expires_at
         """,
@@ -157,10 +161,7 @@ async def due_runs(db: Executor, now: datetime, inline_lead: float) -> list[RunR
         f"""
         SELECT {_RUN_COLUMNS} FROM runs r
         WHERE r.status = 'scheduled'
-          AND (r.scheduled_for <= $1::timestamptz + make_interval(secs => $2)
-               OR (r.audience_id IS NOT NULL
-                   AND r.scheduled_for <= $1::timestamptz
-                                       + make_interval(secs => {AUDIENCE_HORIZON})))
+          AND {_DUE_RANGE}
           AND {_PREPARE_AT} <= $1
         ORDER BY r.scheduled_for, r.id
         """,
