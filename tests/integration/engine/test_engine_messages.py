@@ -4,6 +4,7 @@ recipient, and dead push tokens removed from the profiles afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -62,16 +63,24 @@ class Source:
         return self.provider
 
 
-@pytest.fixture
-async def recording_engine(pool: Pool, tmp_path: Path) -> AsyncIterator[Recording]:
-    provider = Recording()
+@contextlib.asynccontextmanager
+async def _running(pool: Pool, tmp_path: Path, provider: Recording) -> AsyncIterator[None]:
     config = engine_config(None, server={"public_url": "https://mail.example"})
     config = config.model_copy(update={"state_dir": tmp_path})
     ctx = AppContext(config=config, pool=pool, clock=SystemClock(), metrics=provider.metrics)
     engine = Engine(ctx, providers=Source(provider))
     await engine.start()
-    yield provider
-    await engine.stop(5.0, asyncio.Event())
+    try:
+        yield
+    finally:
+        await engine.stop(5.0, asyncio.Event())
+
+
+@pytest.fixture
+async def recording_engine(pool: Pool, tmp_path: Path) -> AsyncIterator[Recording]:
+    provider = Recording()
+    async with _running(pool, tmp_path, provider):
+        yield provider
 
 
 async def test_each_email_carries_its_own_unsubscribe_link(
@@ -89,6 +98,24 @@ async def test_each_email_carries_its_own_unsubscribe_link(
         assert message.content["text"] == message.unsubscribe_url  # templates see it too
     assert sorted(m.idempotency_key for m in recording_engine.messages) == [
         f"{run_id}:{n}" for n in range(3)]
+
+
+@pytest.mark.parametrize("writes", [True, False])
+async def test_an_unread_unsubscribe_link_is_signed_only_for_a_provider_that_writes_it(
+    pool: Pool, tmp_path: Path, writes: bool
+) -> None:
+    provider = Recording()
+    provider.writes_unsubscribe_url = writes  # SMTP's List-Unsubscribe
+    async with _running(pool, tmp_path, provider):
+        await make_campaign(pool, "c1", channel="email",
+                            content={"from": "a@b.c", "subject": "Hi", "text": "no link"})
+        await add_profiles(pool, 2, audience="a1")
+        run_id = await trigger(pool, "c1", audience="a1")
+        assert (await wait_run_status(pool, run_id))["sent"] == 2
+    key = await unsubscribe.load_key(pool)
+    assert [m.unsubscribe_url for m in provider.messages] == [
+        unsubscribe.url_for("https://mail.example", key, m.profile_id, Channel.EMAIL)
+        if writes else None for m in provider.messages]
 
 
 async def test_outcomes_are_counted_in_the_metrics(
