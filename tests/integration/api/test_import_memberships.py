@@ -4,6 +4,8 @@ re-imports count and add correctly."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import Any
 
 from daemon.store import audiences
 from tests.integration.api.conftest import Api
@@ -18,6 +20,17 @@ async def _waiting_on_a_lock(api: Api) -> None:
             "AND datname = current_database()"
         ):
             await asyncio.sleep(0.01)
+
+
+async def _while_held(api: Api, statements: list[str], request: Awaitable[Any]) -> Any:
+    """`request`'s answer, sent while a transaction that ran `statements` (an import in
+    progress) makes it wait for a lock; the transaction then commits."""
+    async with api.pool.acquire() as conn, conn.transaction():
+        for statement in statements:
+            await conn.execute(statement)
+        task = asyncio.create_task(request)
+        await _waiting_on_a_lock(api)
+    return await task
 
 
 async def test_reimport_counts_updates_and_adds_only_new_members(api: Api) -> None:
@@ -38,40 +51,30 @@ async def test_reimport_counts_updates_and_adds_only_new_members(api: Api) -> No
 async def test_erasing_a_profile_held_by_an_import_removes_the_new_membership(api: Api) -> None:
     await api.audience("a", "p1")
     await api.audience("b")
-    async with api.pool.acquire() as conn, conn.transaction():
-        # What an import holds before its commit: the updated profile and its membership.
-        await conn.execute("UPDATE profiles SET email = 'e@x.io' WHERE id = 'p1'")
-        await conn.execute("INSERT INTO audience_members (audience_id, profile_id) "
-                           "VALUES ('b', 'p1')")
-        erase = asyncio.create_task(api.json("DELETE", "/v1/profiles/p1", 204))
-        await _waiting_on_a_lock(api)
-    await erase
+    # What an import holds before its commit: the updated profile and its membership.
+    await _while_held(api, ["UPDATE profiles SET email = 'e@x.io' WHERE id = 'p1'",
+                            "INSERT INTO audience_members (audience_id, profile_id) "
+                            "VALUES ('b', 'p1')"],
+                      api.json("DELETE", "/v1/profiles/p1", 204))
     assert await api.pool.fetchval(
         "SELECT count(*) FROM audience_members WHERE profile_id = 'p1'") == 0
 
 
 async def test_deleting_an_audience_held_by_an_import_removes_its_new_members(api: Api) -> None:
     await api.audience("a", "p1")
-    async with api.pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT true FROM audiences WHERE id = 'a' FOR KEY SHARE")
-        await conn.execute("INSERT INTO audience_members (audience_id, profile_id) "
-                           "VALUES ('a', 'late')")
-        delete = asyncio.create_task(api.json("DELETE", "/v1/audiences/a", 204))
-        await _waiting_on_a_lock(api)
-    await delete
+    await _while_held(api, ["SELECT true FROM audiences WHERE id = 'a' FOR KEY SHARE",
+                            "INSERT INTO audience_members (audience_id, profile_id) "
+                            "VALUES ('a', 'late')"],
+                      api.json("DELETE", "/v1/audiences/a", 204))
     assert await _members(api, "a") == []
 
 
 async def test_adding_members_skips_a_profile_erased_meanwhile(api: Api) -> None:
     await api.audience("a")
     await api.audience("b", "p1", "p2")
-    async with api.pool.acquire() as conn, conn.transaction():
-        await conn.execute("DELETE FROM profiles WHERE id = 'p1'")
-        add = asyncio.create_task(api.json(
-            "POST", "/v1/audiences/a/members", 200, headers=NDJSON,
-            data='{"profile_id": "p1"}\n{"profile_id": "p2"}\n'))
-        await _waiting_on_a_lock(api)
-    result = await add
+    result = await _while_held(api, ["DELETE FROM profiles WHERE id = 'p1'"], api.json(
+        "POST", "/v1/audiences/a/members", 200, headers=NDJSON,
+        data='{"profile_id": "p1"}\n{"profile_id": "p2"}\n'))
     assert result["added"] == 1
     assert await _members(api, "a") == ["p2"]
     assert await _members(api, "b") == ["p2"]
