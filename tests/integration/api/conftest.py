@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -122,6 +123,18 @@ class Api:
 
 def problem_code(body: Any) -> str:
     return str(body["code"])
+
+
+def plan_nodes(raw: Any) -> list[dict[str, Any]]:
+    """Every node of an `EXPLAIN (FORMAT JSON)` result (as decoded, or its text), the root
+    first."""
+    found = []
+    stack = [(raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(node.get("Plans", []))
+    return found
 
 
 @pytest.fixture

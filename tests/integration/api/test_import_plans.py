@@ -3,25 +3,15 @@ index probe per staged line (EXPLAIN; nothing is run)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from daemon.store import Pool, profiles
+from tests.integration.api.conftest import plan_nodes
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 LINES = 20_000
-
-
-def _nodes(plan: Any) -> list[str]:
-    found = []
-    stack = [plan[0]["Plan"]]
-    while stack:
-        node = stack.pop()
-        found.append(node["Node Type"])
-        stack.extend(node.get("Plans", []))
-    return found
 
 
 async def _staged() -> AsyncIterator[tuple[Any, ...]]:
@@ -47,5 +37,5 @@ async def test_a_big_import_merges_with_hash_joins(pool: Pool) -> None:
                            (profiles._ADD_MEMBERS, "a")):
             raw = await conn.fetchval(
                 f"EXPLAIN (FORMAT JSON) {query.replace('{source}', source)}", arg)
-            nodes = _nodes(raw if isinstance(raw, list) else json.loads(raw))
+            nodes = [node["Node Type"] for node in plan_nodes(raw)]
             assert "Nested Loop" not in nodes and any("Hash" in n for n in nodes), nodes

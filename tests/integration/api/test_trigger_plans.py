@@ -7,24 +7,14 @@ generic plan (`plan_cache_mode`) on a fresh database, the worst case.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from daemon.store import Pool, triggers
+from tests.integration.api.conftest import plan_nodes
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 _CREATE_TYPES = "text, text, text, boolean, text, jsonb, text, timestamptz, text[], text[]"
-
-
-def _nodes(plan: Any) -> list[dict[str, Any]]:
-    found = []
-    stack = [plan[0]["Plan"]]
-    while stack:
-        node = stack.pop()
-        found.append(node)
-        stack.extend(node.get("Plans", []))
-    return found
 
 
 async def _generic_plan(pool: Pool, sql: str, types: str, args: str) -> list[dict[str, Any]]:
@@ -35,7 +25,7 @@ async def _generic_plan(pool: Pool, sql: str, types: str, args: str) -> list[dic
             raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE trigger_plan ({args})")
         finally:
             await conn.execute("DEALLOCATE trigger_plan")
-    return _nodes(raw if isinstance(raw, list) else json.loads(raw))
+    return plan_nodes(raw)
 
 
 async def _live_campaign(pool: Pool) -> None:
@@ -78,7 +68,6 @@ async def test_a_trigger_reads_as_many_pages_with_2000_runs_as_with_none(pool: P
         finally:
             await conn.execute("DEALLOCATE trigger_plan")
             await conn.execute("RESET plan_cache_mode")
-    hits_few, hits_many = (_nodes(raw if isinstance(raw, list) else json.loads(raw))[0]
-                           ["Shared Hit Blocks"] for raw in (few, many))
+    hits_few, hits_many = (plan_nodes(raw)[0]["Shared Hit Blocks"] for raw in (few, many))
     # A walk over the campaign's runs would read ~2,000 more pages; index descents a few more.
     assert hits_many <= hits_few + 10, (hits_few, hits_many)
