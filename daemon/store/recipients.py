@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from daemon.models import Channel
+from daemon.models import Channel, ExclusionReason
 from daemon.store import Executor, Record
 
 _SUBSCRIBED = {Channel.EMAIL: "sub_email", Channel.SMS: "sub_sms", Channel.PUSH: "sub_push"}
@@ -125,8 +125,7 @@ COUNT_COLUMNS = (
     "targeted", "sent", "failed", "pending", "excluded_time_cap", "excluded_campaign_end",
     "excluded_opted_out", "excluded_no_address", "excluded_duplicate", "excluded_cancelled",
 )
-EXCLUSION_ORDER = ("time_cap", "campaign_end", "opted_out", "no_address", "duplicate",
-                   "cancelled")
+EXCLUSION_ORDER = tuple(reason.value for reason in ExclusionReason)
 _WRITE_SQL = _WRITE.format(
     excluded=",\n           ".join(
         f"count(*) FILTER (WHERE status = 'excluded' AND reason = '{reason}') AS x_{reason}"
@@ -212,13 +211,11 @@ async def recover(db: Executor, run_ids: Sequence[str]) -> int:
 async def retry_state(db: Executor, run_id: str) -> tuple[int, datetime | None]:
     """(pending recipients, earliest due retry) of a run, from its rows."""
     row = await db.fetchrow(
-        """
+        f"""
         SELECT (SELECT pending FROM runs WHERE id = $1) AS pending,
                (SELECT min(c.retry_at) FROM run_recipients c
                 WHERE c.run_id = $1 AND c.status = 'pending' AND c.retry_at IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM run_claims k
-                                  WHERE k.run_id = c.run_id AND k.position = c.position))
-                   AS next_retry
+                  AND {_UNCLAIMED}) AS next_retry
         """,
         run_id,
     )
