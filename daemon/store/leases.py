@@ -15,6 +15,7 @@ from daemon.store import Executor
 
 # The lease is ours if it is free, expired, or already ours (a restart of the same holder
 # name never happens: holders are unique per process, but a renewal through acquire is fine).
+# Run by `store.engine.take_campaign`, which reads the campaign in the same statement.
 ACQUIRE = """
 INSERT INTO engine_leases AS l (campaign_id, holder, acquired_at, expires_at)
 VALUES ($1, $2, clock_timestamp(), clock_timestamp() + make_interval(secs => $3))
@@ -52,13 +53,6 @@ class LeaseState:
     campaign_id: str
     holder: str
     remaining: float
-
-
-async def acquire(db: Executor, campaign_id: str, holder: str, ttl: float) -> int | None:
-    """Take (or keep) the campaign's lease for `ttl` seconds; its generation, or None
-    when another live instance holds it."""
-    generation: int | None = await db.fetchval(ACQUIRE, campaign_id, holder, ttl)
-    return generation
 
 
 async def renew(db: Executor, holder: str, campaign_ids: Sequence[str], ttl: float) -> set[str]:
