@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -375,11 +375,8 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
             run = self.runs.get(run_id)
             if run is not None:
                 run.counts = counts_of(row)
-        tally: dict[tuple[str, str], int] = {}
-        for _, status, reason in flushed.applied:
-            if status != "pending":
-                key = (status, reason or "")
-                tally[key] = tally.get(key, 0) + 1
+        tally = Counter((status, reason or "") for _, status, reason in flushed.applied
+                        if status != "pending")
         for (status, reason), n in tally.items():  # one labels() per kind, not per message
             self.services.metrics.messages.labels(
                 self.campaign.id, self.campaign.channel.value, status, reason).inc(n)
