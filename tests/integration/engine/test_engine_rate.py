@@ -16,6 +16,7 @@ Asserted in ratios and window counts, with the tolerances a loaded 2-core box ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import sys
@@ -106,6 +107,8 @@ async def test_the_rate_holds_where_the_calls_arrive(
     run_id = await trigger(pool, "c1", audience="a1")
     row = await wait_run_status(pool, run_id, timeout=seconds * 2 + 30)
     ticker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ticker
     assert (row["status"], row["sent"]) == ("completed", count)
     arrivals = await remote_gateway.arrivals()
     times = [t for t, _ in arrivals]
