@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from daemon.clock import Clock
 from daemon.delivery import RunExecution, RunState
+from daemon.infra.clock import Clock
 from daemon.models import ExclusionReason
 from daemon.store import engine as engine_store
 from daemon.store import recipients as recipient_store

@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from daemon import planner
-from daemon.config import Config
 from daemon.errors import PermanentError, ProviderError, TransientError
+from daemon.infra.config import Config
 from daemon.models import Channel, ExclusionReason
 from daemon.providers.base import Address, Message, SendResult
 from daemon.store.engine import RunRow

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from daemon import unsubscribe
-from daemon.config import Config
 from daemon.delivery import DeliverySettings
 from daemon.fanout import CampaignWorker, ProviderSource, WorkerServices
-from daemon.logs import get_logger
+from daemon.infra.config import Config
+from daemon.infra.logs import get_logger
 from daemon.ratelimit import Pacer, ProviderGates
 from daemon.report import DB_ERRORS, raise_if_cancelling
 from daemon.scheduler import Scheduler

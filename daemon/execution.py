@@ -21,7 +21,7 @@ from daemon import planner
 from daemon.closing import RunClosing
 from daemon.delivery import RENDER_ERROR, RunExecution, RunState
 from daemon.errors import ProviderError, TransientError
-from daemon.logs import get_logger
+from daemon.infra.logs import get_logger
 from daemon.models import ExclusionReason, RunStatus
 from daemon.report import DB_ERRORS, raise_if_cancelling
 from daemon.starting import RunStarting

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from daemon import planner
-from daemon.clock import Clock
 from daemon.delivery import DeliverySettings, RunExecution, RunState
 from daemon.execution import CampaignRuns, Lease
-from daemon.logs import get_logger
-from daemon.metrics import Metrics
+from daemon.infra.clock import Clock
+from daemon.infra.logs import get_logger
+from daemon.infra.metrics import Metrics
 from daemon.models import Channel
 from daemon.providers.base import Provider
 from daemon.ratelimit import Pacer, ProviderGates

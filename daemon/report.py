@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from daemon.clock import Clock
-from daemon.logs import get_logger
+from daemon.infra.clock import Clock
+from daemon.infra.logs import get_logger
 from daemon.store import Pool, Record
 from daemon.store import recipients as store
 from daemon.store.recipients import EXCLUSION_ORDER, OutcomeRow

@@ -17,8 +17,8 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from daemon.clock import Clock
-from daemon.logs import get_logger
+from daemon.infra.clock import Clock
+from daemon.infra.logs import get_logger
 from daemon.report import DB_ERRORS, raise_if_cancelling
 from daemon.store import Pool
 from daemon.store import engine as engine_store

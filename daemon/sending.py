@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from daemon import delivery
-from daemon.clock import Clock
 from daemon.delivery import RunExecution
 from daemon.errors import PermanentError, ProviderError, TransientError
+from daemon.infra.clock import Clock
 from daemon.providers.base import Message, Provider, SendResult
 from daemon.ratelimit import Pacer, ProviderGate
 from daemon.store.engine import Campaign

@@ -27,18 +27,18 @@ from typing import Protocol
 
 from aiohttp import web
 
-from daemon import config as config_module
-from daemon import logs, migrate
 from daemon.api.app import build_app
 from daemon.api.context import AppContext
-from daemon.bootstrap import ensure_admin_token
-from daemon.clock import Clock, SystemClock
-from daemon.config import Config
-from daemon.database import Pool, open_database
 from daemon.errors import CampaigndError
-from daemon.logs import get_logger
-from daemon.metrics import Metrics
-from daemon.systemd import Notifier
+from daemon.infra import config as config_module
+from daemon.infra import logs, migrate
+from daemon.infra.bootstrap import ensure_admin_token
+from daemon.infra.clock import Clock, SystemClock
+from daemon.infra.config import Config
+from daemon.infra.database import Pool, open_database
+from daemon.infra.logs import get_logger
+from daemon.infra.metrics import Metrics
+from daemon.infra.systemd import Notifier
 
 log = get_logger(__name__)
 

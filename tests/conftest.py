@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from daemon import migrate
-from daemon.database import create_pool
+from daemon.infra import migrate
+from daemon.infra.database import create_pool
 from daemon.store import Pool
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")

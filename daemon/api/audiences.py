@@ -15,7 +15,7 @@ from daemon.api.problems import problem
 from daemon.api.validation import parse, read_body
 from daemon.api.views import audience_view
 from daemon.imports import LineError
-from daemon.logs import get_logger
+from daemon.infra.logs import get_logger
 from daemon.models import TokenScope
 from daemon.store import audiences
 

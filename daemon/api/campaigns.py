@@ -36,7 +36,7 @@ from daemon.api.validation import (
 )
 from daemon.api.views import campaign_view, iso
 from daemon.ids import new_campaign_id
-from daemon.logs import get_logger
+from daemon.infra.logs import get_logger
 from daemon.models import CampaignStatus, TokenScope
 from daemon.store import campaigns, runs
 from daemon.store.campaigns import CampaignRecord

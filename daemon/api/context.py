@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.clock import Clock
-from daemon.config import Config
-from daemon.metrics import Metrics
+from daemon.infra.clock import Clock
+from daemon.infra.config import Config
+from daemon.infra.metrics import Metrics
 from daemon.models import TokenScope
 from daemon.store import Pool
 

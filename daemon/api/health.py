@@ -8,9 +8,9 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from daemon import migrate
 from daemon.api.context import context
 from daemon.api.problems import problem
+from daemon.infra import migrate
 
 READY_TIMEOUT = 2.0
 

@@ -9,7 +9,7 @@ from http import HTTPStatus
 from aiohttp import web
 
 from daemon.errors import FieldError, Problem
-from daemon.logs import get_logger
+from daemon.infra.logs import get_logger
 
 log = get_logger(__name__)
 

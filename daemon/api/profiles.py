@@ -15,7 +15,7 @@ from daemon.api.problems import problem
 from daemon.api.validation import invalid, parse, parse_query, read_body
 from daemon.api.views import profile_view
 from daemon.errors import FieldError
-from daemon.logs import get_logger
+from daemon.infra.logs import get_logger
 from daemon.models import TokenScope
 from daemon.store import audiences, profiles
 from daemon.store.profiles import ProfileData

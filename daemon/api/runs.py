@@ -27,7 +27,7 @@ from daemon.api.schemas import (
 )
 from daemon.api.validation import encode_cursor, parse_query, position_cursor, time_cursor
 from daemon.api.views import counts_view, iso, recipient_view, run_view
-from daemon.logs import get_logger
+from daemon.infra.logs import get_logger
 from daemon.models import RunStatus, TokenScope
 from daemon.store import campaigns, runs
 

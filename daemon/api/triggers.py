@@ -41,7 +41,7 @@ from daemon.api.validation import decode_storable, invalid, parse, parse_query
 from daemon.api.views import iso
 from daemon.errors import FieldError, Problem
 from daemon.ids import new_run_id
-from daemon.logs import get_logger
+from daemon.infra.logs import get_logger
 from daemon.models import CampaignStatus, TokenScope
 from daemon.store import Record
 from daemon.store import triggers as store

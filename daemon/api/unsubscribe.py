@@ -21,7 +21,7 @@ from aiohttp import web
 from daemon import unsubscribe
 from daemon.api.context import context
 from daemon.api.problems import problem
-from daemon.logs import get_logger
+from daemon.infra.logs import get_logger
 from daemon.models import Channel
 from daemon.store import Executor, profiles_tokens
 

@@ -7,10 +7,10 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 
-from daemon import logs, migrate
 from daemon.cli.common import add_config_argument, fail, load_config
-from daemon.config import Config
-from daemon.database import Pool, open_database
+from daemon.infra import logs, migrate
+from daemon.infra.config import Config
+from daemon.infra.database import Pool, open_database
 from daemon.models import TokenScope
 from daemon.store import tokens
 

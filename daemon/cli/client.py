@@ -18,8 +18,8 @@ from typing import Any
 
 import aiohttp
 
-from daemon.bootstrap import admin_token_path
 from daemon.cli.common import add_config_argument, fail, load_config
+from daemon.infra.bootstrap import admin_token_path
 
 _ANY_HOST = ("", "0.0.0.0", "::")
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)

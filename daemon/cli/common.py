@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from daemon import config as config_module
-from daemon.config import Config
+from daemon.infra import config as config_module
+from daemon.infra.config import Config
 
 EXIT_CONFIG = 2
 

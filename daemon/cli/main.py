@@ -10,10 +10,11 @@ import warnings
 from collections.abc import Callable
 from typing import Literal
 
-from daemon import __version__, logs
+from daemon import __version__
 from daemon.cli import admin, campaigns, profiles, runs, trigger
 from daemon.cli.common import add_config_argument, fail, load_config
 from daemon.errors import CampaigndError
+from daemon.infra import logs
 
 # Modules that add subcommands: each has `register(subparsers)`; each command sets
 # `func` (args -> exit code) on its parser.

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 from daemon.cli.client import Client, add_client_arguments, print_json, run
-from daemon.clock import SystemClock
+from daemon.infra.clock import SystemClock
 
 TERMINAL = frozenset({"completed", "cancelled", "failed"})
 BAR_WIDTH = 30

@@ -28,8 +28,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from daemon.clock import Clock, SystemClock
 from daemon.errors import PermanentError, ProviderError, TransientError
+from daemon.infra.clock import Clock, SystemClock
 from daemon.providers import http
 from daemon.providers.base import Message, SendResult
 from daemon.providers.settings import FcmProviderSettings

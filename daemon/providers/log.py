@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.logs import get_logger
+from daemon.infra.logs import get_logger
 from daemon.providers.base import Message, SendResult
 from daemon.providers.settings import LogProviderSettings
 

@@ -18,10 +18,10 @@ import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from daemon.clock import Clock, SystemClock
-from daemon.config import Config
 from daemon.errors import ProviderError
-from daemon.logs import get_logger
+from daemon.infra.clock import Clock, SystemClock
+from daemon.infra.config import Config
+from daemon.infra.logs import get_logger
 from daemon.models import Channel
 from daemon.providers.base import Message, Provider, SendResult
 from daemon.providers.fcm import FcmProvider, ServiceAccountError, load_service_account

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from daemon.durations import Duration
+from daemon.infra.durations import Duration
 from daemon.models import Channel
 
 

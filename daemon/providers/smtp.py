@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import aiosmtplib
 
-from daemon.clock import Clock, SystemClock
 from daemon.errors import PermanentError, ProviderError, TransientError
-from daemon.logs import get_logger
+from daemon.infra.clock import Clock, SystemClock
+from daemon.infra.logs import get_logger
 from daemon.providers import mime
 from daemon.providers.base import Message, SendResult
 from daemon.providers.settings import SmtpProviderSettings

@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from daemon.clock import Clock, SystemClock
 from daemon.errors import PermanentError, ProviderError, TransientError
+from daemon.infra.clock import Clock, SystemClock
 from daemon.providers import http
 from daemon.providers.base import Message, SendResult
 from daemon.providers.settings import TwilioProviderSettings

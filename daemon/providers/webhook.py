@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from daemon.clock import Clock, SystemClock
 from daemon.errors import PermanentError, ProviderError, TransientError
-from daemon.logs import get_logger
+from daemon.infra.clock import Clock, SystemClock
+from daemon.infra.logs import get_logger
 from daemon.models import Channel
 from daemon.providers import http
 from daemon.providers.base import Message, SendResult

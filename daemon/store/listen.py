@@ -13,8 +13,8 @@ from typing import Any
 
 import asyncpg
 
-from daemon.clock import Clock
-from daemon.logs import get_logger
+from daemon.infra.clock import Clock
+from daemon.infra.logs import get_logger
 from daemon.store import Pool
 
 log = get_logger(__name__)

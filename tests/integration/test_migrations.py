@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon import migrate
-from daemon.database import create_pool
 from daemon.errors import MigrationError
+from daemon.infra import migrate
+from daemon.infra.database import create_pool
 
 
 async def test_fresh_database_gets_every_migration_and_the_expected_tables(

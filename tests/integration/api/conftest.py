@@ -17,11 +17,11 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from daemon import config as config_module
 from daemon.api.app import build_app
 from daemon.api.context import AppContext
-from daemon.clock import FakeClock
-from daemon.metrics import Metrics
+from daemon.infra import config as config_module
+from daemon.infra.clock import FakeClock
+from daemon.infra.metrics import Metrics
 from daemon.models import TokenScope
 from daemon.store import Pool, tokens
 

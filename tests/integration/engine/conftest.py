@@ -18,10 +18,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from daemon.api.context import AppContext
-from daemon.clock import SystemClock
-from daemon.config import Config
 from daemon.engine import Engine
-from daemon.metrics import Metrics
+from daemon.infra.clock import SystemClock
+from daemon.infra.config import Config
+from daemon.infra.metrics import Metrics
 from daemon.providers.registry import ProviderRegistry
 from daemon.store import Pool
 

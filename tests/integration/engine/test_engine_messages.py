@@ -12,10 +12,10 @@ import pytest
 
 from daemon import unsubscribe
 from daemon.api.context import AppContext
-from daemon.clock import SystemClock
 from daemon.engine import Engine
 from daemon.errors import PermanentError
-from daemon.metrics import Metrics
+from daemon.infra.clock import SystemClock
+from daemon.infra.metrics import Metrics
 from daemon.models import Channel
 from daemon.providers.base import Message, Provider, SendResult
 from daemon.providers.settings import LogProviderSettings

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon import planner
-from daemon.database import create_pool
+from daemon.infra.database import create_pool
 from daemon.store import Pool
 from tests.integration.engine.conftest import (
     EngineFactory,

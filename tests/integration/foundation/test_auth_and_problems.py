@@ -9,14 +9,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from daemon import config as config_module
 from daemon.api.app import build_app
 from daemon.api.auth import requires
 from daemon.api.context import AppContext, context
 from daemon.api.validation import read_body
-from daemon.bootstrap import ensure_admin_token
-from daemon.clock import FakeClock
-from daemon.metrics import Metrics
+from daemon.infra import config as config_module
+from daemon.infra.bootstrap import ensure_admin_token
+from daemon.infra.clock import FakeClock
+from daemon.infra.metrics import Metrics
 from daemon.models import TokenScope
 from daemon.store import Pool, tokens
 

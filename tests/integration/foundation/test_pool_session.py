@@ -1,4 +1,4 @@
-"""Pooled connections are not reset by a query on release (daemon/database.py): what the
+"""Pooled connections are not reset by a query on release (daemon/infra/database.py): what the
 daemon does on them leaves no session state behind for the next user."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import asyncio
 import re
 from pathlib import Path
 
-from daemon import migrate
-from daemon.clock import SystemClock
-from daemon.database import create_pool
+from daemon.infra import migrate
+from daemon.infra.clock import SystemClock
+from daemon.infra.database import create_pool
 from daemon.store import Pool
 from daemon.store.listen import Listener
 
@@ -106,4 +106,4 @@ def test_session_advisory_locks_only_in_the_migrator() -> None:
     sources = [*ROOT.joinpath("daemon").rglob("*.py"), *ROOT.joinpath("migrations").glob("*.sql")]
     found = [str(path.relative_to(ROOT)) for path in sources
              if session_lock.search(path.read_text())]
-    assert found == ["daemon/migrate.py"]
+    assert found == ["daemon/infra/migrate.py"]

@@ -23,8 +23,8 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from daemon.clock import FakeClock
 from daemon.errors import PermanentError, ProviderError, TransientError
+from daemon.infra.clock import FakeClock
 from daemon.models import Channel
 from daemon.providers.base import Address, Message
 from daemon.providers.fcm import SCOPE, FcmProvider, ServiceAccountError, load_service_account

@@ -12,8 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
-from daemon import config as config_module
-from daemon.config import Config
+from daemon.infra import config as config_module
+from daemon.infra.config import Config
 from daemon.models import Channel
 from daemon.providers import registry as registry_module
 from daemon.providers.base import Address, Message
@@ -286,8 +286,8 @@ tls_ca_file = "{bad_ca}"
 
 async def test_the_stage_factory_publishes_the_registry(tmp_path: Path) -> None:
     from daemon.api.context import AppContext
-    from daemon.clock import FakeClock
-    from daemon.metrics import Metrics
+    from daemon.infra.clock import FakeClock
+    from daemon.infra.metrics import Metrics
 
     ctx = AppContext(
         config=_hook_config(tmp_path, "http://127.0.0.1:9/x"),

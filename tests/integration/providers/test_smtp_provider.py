@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from daemon.clock import FakeClock
 from daemon.errors import PermanentError, ProviderError, TransientError
+from daemon.infra.clock import FakeClock
 from daemon.models import Channel
 from daemon.providers.base import Address, Message
 from daemon.providers.settings import SmtpProviderSettings

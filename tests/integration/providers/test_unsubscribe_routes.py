@@ -9,13 +9,13 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from daemon import config as config_module
 from daemon import unsubscribe
 from daemon.api import app as app_module
 from daemon.api import unsubscribe as routes
 from daemon.api.context import AppContext
-from daemon.clock import FakeClock
-from daemon.metrics import Metrics
+from daemon.infra import config as config_module
+from daemon.infra.clock import FakeClock
+from daemon.infra.metrics import Metrics
 from daemon.models import Channel
 from daemon.store import Pool, profiles_tokens
 from daemon.store import secrets as secret_store

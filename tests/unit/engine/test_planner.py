@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from daemon import planner
-from daemon.clock import FakeClock
+from daemon.infra.clock import FakeClock
 from daemon.models import EndReason, ExclusionReason
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from daemon import report
-from daemon.clock import FakeClock
+from daemon.infra.clock import FakeClock
 from daemon.report import Flushed, Recorder
 from daemon.store.recipients import OutcomeRow
 

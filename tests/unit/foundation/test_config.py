@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import config
 from daemon.errors import ConfigError
+from daemon.infra import config
 
 
 def problems_of(path: Path | None = None, env: dict[str, str] | None = None) -> list[str]:

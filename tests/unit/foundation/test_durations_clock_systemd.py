@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.clock import FakeClock
-from daemon.durations import format_duration, parse_duration
-from daemon.systemd import Notifier
+from daemon.infra.clock import FakeClock
+from daemon.infra.durations import format_duration, parse_duration
+from daemon.infra.systemd import Notifier
 
 
 @pytest.mark.parametrize("bad", ["", "10 parsecs", "-1s", True, None, [1], "1x"])

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from daemon.cli.main import event_loop
-from daemon.config import Config
 from daemon.errors import CampaigndError
+from daemon.infra.config import Config
 
 
 def test_auto_is_the_default_and_picks_uvloop_where_installed() -> None:

@@ -8,7 +8,7 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta, timezone
 
-from daemon import logs
+from daemon.infra import logs
 
 
 class Colour(enum.Enum):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.errors import MigrationError
-from daemon.logs import get_logger
+from daemon.infra.logs import get_logger
 from daemon.store import Connection, Pool
 
 log = get_logger(__name__)
@@ -36,8 +36,8 @@ class Migration:
 
 def migrations_dir() -> Path:
     """The folder of SQL files: packaged in the wheel, or at the top of a source checkout."""
-    packaged = Path(__file__).parent / "_migrations"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "migrations"
+    packaged = Path(__file__).parents[1] / "_migrations"
+    return packaged if packaged.is_dir() else Path(__file__).parents[2] / "migrations"
 
 
 def load_migrations(folder: Path | None = None) -> list[Migration]:

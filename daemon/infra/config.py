@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from daemon.durations import Duration
 from daemon.errors import ConfigError
+from daemon.infra.durations import Duration
 
 __all__ = ["Config", "ConfigError", "load", "redact_url", "systemd_environ"]
 from daemon.models import Channel

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import asyncpg
 
-from daemon.config import Config, redact_url
-from daemon.embedded import EmbeddedPostgres
 from daemon.errors import DatabaseError
-from daemon.logs import get_logger
+from daemon.infra.config import Config, redact_url
+from daemon.infra.embedded import EmbeddedPostgres
+from daemon.infra.logs import get_logger
 from daemon.store import Pool
 
 __all__ = ["Pool", "create_pool", "open_database"]

@@ -6,7 +6,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from daemon.logs import get_logger
+from daemon.infra.logs import get_logger
 from daemon.models import TokenScope
 from daemon.store import Executor, tokens
 
