@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon import engine
+from daemon.engine import stage as engine
 from daemon.providers import registry
 from daemon.service import StageFactory
 

@@ -21,7 +21,6 @@ from typing import Any
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
-from daemon import preview
 from daemon.api import campaign_rules, signatures
 from daemon.api.auth import authenticate, check_scope
 from daemon.api.bodies import JSON_TYPES, read_limited, require_content_type
@@ -39,6 +38,7 @@ from daemon.api.schemas import (
 )
 from daemon.api.validation import decode_storable, invalid, parse, parse_query
 from daemon.api.views import iso
+from daemon.engine import preview
 from daemon.errors import FieldError, Problem
 from daemon.ids import new_run_id
 from daemon.infra.logs import get_logger

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from daemon import planner
+from daemon.engine import planner
 from daemon.models import Channel, EndReason, ExclusionReason, RunStatus
 from daemon.store import Executor, Pool, Record, freeze, leases, snapshot
 from daemon.store.recipients import COUNT_COLUMNS

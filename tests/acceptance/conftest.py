@@ -191,7 +191,7 @@ async def daemon_factory(
         process_env.update(env or {})
         shared = [] if embedded else [d for d in daemons if not d.embedded]
         daemon = DaemonProcess(folder, merged, process_env, shared)
-        daemon.infra.embedded = embedded
+        daemon.embedded = embedded
         for sibling in shared:
             sibling.siblings.append(daemon)
         daemons.append(daemon)

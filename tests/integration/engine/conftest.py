@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from daemon.api.context import AppContext
-from daemon.engine import Engine
+from daemon.engine.stage import Engine
 from daemon.infra.clock import SystemClock
 from daemon.infra.config import Config
 from daemon.infra.metrics import Metrics

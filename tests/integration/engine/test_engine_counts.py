@@ -8,8 +8,8 @@ import random
 
 import pytest
 
+from daemon.engine.recording import count_deltas, write_batch
 from daemon.models import ExclusionReason
-from daemon.report import count_deltas, write_batch
 from daemon.store import Pool
 from daemon.store import engine as engine_store
 from daemon.store.recipients import OutcomeRow

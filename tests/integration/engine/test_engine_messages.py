@@ -12,7 +12,7 @@ import pytest
 
 from daemon import unsubscribe
 from daemon.api.context import AppContext
-from daemon.engine import Engine
+from daemon.engine.stage import Engine
 from daemon.errors import PermanentError
 from daemon.infra.clock import SystemClock
 from daemon.infra.metrics import Metrics

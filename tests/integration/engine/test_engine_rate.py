@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from daemon.ratelimit import Pacer
+from daemon.engine.pacing import Pacer
 from daemon.store import Pool
 from tests.integration.engine.conftest import (
     EngineFactory,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import planner
+from daemon.engine import planner
 from daemon.infra.database import create_pool
 from daemon.store import Pool
 from tests.integration.engine.conftest import (

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from daemon.api.context import AppContext
+from daemon.engine.preview import CampaignNotFound, preview_trigger
 from daemon.infra.clock import FakeClock
 from daemon.infra.config import Config
 from daemon.infra.metrics import Metrics
-from daemon.preview import CampaignNotFound, preview_trigger
 from daemon.store import Pool, freeze
 from daemon.store import engine as engine_store
 from daemon.store import runs as run_store

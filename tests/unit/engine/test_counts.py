@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.report import count_deltas
+from daemon.engine.recording import count_deltas
 from daemon.store.recipients import EXCLUSION_ORDER
 
 OUTCOMES = st.sampled_from(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
-from daemon.delivery import DeliverySettings, RunExecution, build_message, variables
+from daemon.engine.delivery import DeliverySettings, RunExecution, build_message, variables
 from daemon.models import Channel, RunStatus
 from daemon.store.engine import RunRow
 from daemon.store.recipients import Claimed

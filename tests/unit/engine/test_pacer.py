@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from daemon.ratelimit import Pacer, ProviderGate, Turn
+from daemon.engine.pacing import Pacer, ProviderGate, Turn
 from tests.unit.engine.rates import achieved_rate, max_in_window
 from tests.unit.engine.virtual_loop import VirtualTimeLoop, run_virtual
 

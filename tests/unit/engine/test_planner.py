@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon import planner
+from daemon.engine import planner
 from daemon.infra.clock import FakeClock
 from daemon.models import EndReason, ExclusionReason
 

@@ -10,9 +10,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from daemon import report
+from daemon.engine import recording as report
+from daemon.engine.recording import Flushed, Recorder
 from daemon.infra.clock import FakeClock
-from daemon.report import Flushed, Recorder
 from daemon.store.recipients import OutcomeRow
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from daemon.engine.starting import BATCH_RECIPIENTS, BATCH_RUNS, _batches
 from daemon.models import RunStatus
-from daemon.starting import BATCH_RECIPIENTS, BATCH_RUNS, _batches
 from daemon.store.engine import RunRow
 
 AT = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -17,14 +17,14 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from daemon import planner
-from daemon.closing import RunClosing
-from daemon.delivery import RENDER_ERROR, RunExecution, RunState
+from daemon.engine import planner
+from daemon.engine.closing import RunClosing
+from daemon.engine.delivery import RENDER_ERROR, RunExecution, RunState
+from daemon.engine.recording import DB_ERRORS, raise_if_cancelling
+from daemon.engine.starting import RunStarting
 from daemon.errors import ProviderError, TransientError
 from daemon.infra.logs import get_logger
 from daemon.models import ExclusionReason, RunStatus
-from daemon.report import DB_ERRORS, raise_if_cancelling
-from daemon.starting import RunStarting
 from daemon.store import engine as engine_store
 from daemon.store import freeze as freeze_store
 from daemon.store import profiles_tokens
@@ -32,7 +32,7 @@ from daemon.store import recipients as recipient_store
 from daemon.store.engine import Campaign, RunRow
 
 if TYPE_CHECKING:
-    from daemon.fanout import WorkerServices
+    from daemon.engine.worker import WorkerServices
 
 log = get_logger(__name__)
 

@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from daemon import unsubscribe
-from daemon.delivery import DeliverySettings
-from daemon.fanout import CampaignWorker, ProviderSource, WorkerServices
+from daemon.engine.delivery import DeliverySettings
+from daemon.engine.pacing import Pacer, ProviderGates
+from daemon.engine.recording import DB_ERRORS, raise_if_cancelling
+from daemon.engine.scheduler import Scheduler
+from daemon.engine.worker import CampaignWorker, ProviderSource, WorkerServices
 from daemon.infra.config import Config
 from daemon.infra.logs import get_logger
-from daemon.ratelimit import Pacer, ProviderGates
-from daemon.report import DB_ERRORS, raise_if_cancelling
-from daemon.scheduler import Scheduler
 from daemon.store import engine as engine_store
 from daemon.store import leases
 from daemon.store.engine import RunRow

@@ -16,20 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from daemon import delivery
-from daemon.delivery import RunExecution
+from daemon.engine import delivery
+from daemon.engine.delivery import RunExecution
+from daemon.engine.pacing import Pacer, ProviderGate
 from daemon.errors import PermanentError, ProviderError, TransientError
 from daemon.infra.clock import Clock
 from daemon.providers.base import Message, Provider, SendResult
-from daemon.ratelimit import Pacer, ProviderGate
 from daemon.store.engine import Campaign
 from daemon.store.recipients import Claimed, OutcomeRow
 from daemon.templates import CompiledContent, RenderError
 
 if TYPE_CHECKING:
-    from daemon.fanout import WorkerServices
-    from daemon.planner import PipelineSizes
-    from daemon.report import Recorder
+    from daemon.engine.planner import PipelineSizes
+    from daemon.engine.recording import Recorder
+    from daemon.engine.worker import WorkerServices
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 4x, per message

@@ -17,9 +17,9 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from daemon.engine.recording import DB_ERRORS, raise_if_cancelling
 from daemon.infra.clock import Clock
 from daemon.infra.logs import get_logger
-from daemon.report import DB_ERRORS, raise_if_cancelling
 from daemon.store import Pool
 from daemon.store import engine as engine_store
 from daemon.store.engine import RunRow

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from daemon import planner
+from daemon.engine import planner
 from daemon.errors import CampaigndError
 from daemon.models import ExclusionReason
 from daemon.store import engine as engine_store

@@ -21,17 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from daemon import planner
-from daemon.delivery import DeliverySettings, RunExecution, RunState
-from daemon.execution import CampaignRuns, Lease
+from daemon.engine import planner
+from daemon.engine.delivery import DeliverySettings, RunExecution, RunState
+from daemon.engine.pacing import Pacer, ProviderGates
+from daemon.engine.recording import Flushed, Recorder
+from daemon.engine.runs import CampaignRuns, Lease
+from daemon.engine.sending import ProviderCalls
 from daemon.infra.clock import Clock
 from daemon.infra.logs import get_logger
 from daemon.infra.metrics import Metrics
 from daemon.models import Channel
 from daemon.providers.base import Provider
-from daemon.ratelimit import Pacer, ProviderGates
-from daemon.report import Flushed, Recorder
-from daemon.sending import ProviderCalls
 from daemon.store import Pool
 from daemon.store import recipients as recipient_store
 from daemon.store.engine import Campaign, counts_of

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from daemon.delivery import RunExecution, RunState
+from daemon.engine.delivery import RunExecution, RunState
 from daemon.infra.clock import Clock
 from daemon.models import ExclusionReason
 from daemon.store import engine as engine_store
@@ -29,7 +29,7 @@ from daemon.store import recipients as recipient_store
 from daemon.store.engine import Campaign, RunRow
 
 if TYPE_CHECKING:
-    from daemon.fanout import WorkerServices
+    from daemon.engine.worker import WorkerServices
 
 # A worker takes a scheduled run ahead of its start (store.engine._PREPARE_AT) and freezes
 # it just early enough: MIN_LEAD before its start, plus its size (a stored audience's first

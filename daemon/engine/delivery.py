@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from daemon import planner
+from daemon.engine import planner
 from daemon.errors import PermanentError, ProviderError, TransientError
 from daemon.infra.config import Config
 from daemon.models import Channel, ExclusionReason

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from daemon.delivery import RunExecution, RunState
+from daemon.engine.delivery import RunExecution, RunState
 from daemon.infra.clock import Clock
 from daemon.models import ExclusionReason
 from daemon.store import engine as engine_store
@@ -23,8 +23,8 @@ from daemon.store import recipients as recipient_store
 from daemon.store.engine import Campaign
 
 if TYPE_CHECKING:
-    from daemon.fanout import WorkerServices
-    from daemon.report import Recorder
+    from daemon.engine.recording import Recorder
+    from daemon.engine.worker import WorkerServices
 
 
 ENDED_REMEMBERED = 1000  # run ids a worker remembers having ended (a read may predate it)
