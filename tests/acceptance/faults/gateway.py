@@ -1,0 +1,51 @@
+"""The downstream system, in its own process: `python -m tests.acceptance.faults.gateway`
+prints its port, records each POST's arrival (CLOCK_MONOTONIC, comparable across
+processes) and Idempotency-Key, serves them at GET /arrivals, and on POST /stall?seconds=S
+holds every answer until S seconds from then (a provider that stalls, then answers all at
+once)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import time
+
+from aiohttp import web
+
+
+async def main() -> None:
+    gc.set_threshold(100_000, 20, 20)
+    arrivals: list[tuple[float, str]] = []
+    stalled_until = 0.0
+
+    async def send(request: web.Request) -> web.Response:
+        arrivals.append((time.monotonic(), request.headers.get("Idempotency-Key", "")))
+        await request.read()
+        if (left := stalled_until - time.monotonic()) > 0:
+            await asyncio.sleep(left)
+        return web.json_response({"id": f"gw-{len(arrivals)}"})
+
+    async def stall(request: web.Request) -> web.Response:
+        nonlocal stalled_until
+        stalled_until = time.monotonic() + float(request.query["seconds"])
+        return web.json_response({"until": stalled_until})
+
+    async def listing(_: web.Request) -> web.Response:
+        return web.json_response(arrivals)
+
+    app = web.Application()
+    app.router.add_post("/send", send)
+    app.router.add_post("/stall", stall)
+    app.router.add_get("/arrivals", listing)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    sys.stdout.write(f"{runner.addresses[0][1]}\n")
+    sys.stdout.flush()
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
