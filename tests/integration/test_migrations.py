@@ -82,3 +82,12 @@ async def test_pending_lists_what_is_not_applied(empty_database_url: str) -> Non
             assert await migrate.pending(connection) == []
     finally:
         await pool.close()
+
+
+def test_versions_may_have_gaps_but_not_doubles(tmp_path: Path) -> None:
+    (tmp_path / "0001_first.sql").write_text("SELECT 1;")
+    (tmp_path / "0003_third.sql").write_text("SELECT 3;")
+    assert [m.version for m in migrate.load_migrations(tmp_path)] == [1, 3]
+    (tmp_path / "0003_again.sql").write_text("SELECT 3;")
+    with pytest.raises(MigrationError, match=r"used twice: \[3\]"):
+        migrate.load_migrations(tmp_path)
