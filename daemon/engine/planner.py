@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from daemon.engine.windows import Window, open_micros
 from daemon.models import EndReason, ExclusionReason
 
 _MICROSECOND = timedelta(microseconds=1)
@@ -46,14 +47,20 @@ def plan_run(
     rate: int | None,
     time_cap: float,
     end_at: datetime | None,
+    windows: Sequence[Window] = (),
 ) -> Plan:
     """The plan of a run that starts now (or at `scheduled_for`, if that is later).
 
     `started_at` is the time of the first delivery (SPEC §1.6): `scheduled_for` when
     the run is prepared ahead of it, `now` for a run started late (overdue at boot).
+    With send windows (SPEC §9.2) the deadline stays wall time and the capacity counts
+    only the open time before it: `floor(rate × open seconds in [started_at, deadline))`.
     """
     started_at = max(now, scheduled_for)
     deadline, reason = _deadline(started_at, rate, time_cap, end_at)
+    if windows and rate is not None and deadline is not None:
+        return Plan(started_at, deadline, reason,
+                    rate * open_micros(windows, started_at, deadline) // 1_000_000)
     return Plan(started_at, deadline, reason, capacity(rate, started_at, deadline))
 
 
