@@ -58,6 +58,7 @@ def spec_from(body: CampaignCreate, campaign_id: str) -> CampaignSpec:
         audience_id=body.audience,
         start_at=schedule.start_at if schedule else None,
         end_at=schedule.end_at if schedule else None,
+        windows=schedule.stored_windows() if schedule else None,
         rate_per_second=throttle.rate_per_second if throttle else None,
     )
 
@@ -71,7 +72,8 @@ def merge_patch(record: CampaignRecord, patch: dict[str, Any]) -> dict[str, Any]
         "channel": spec.channel.value,
         "content": spec.content,
         "audience": spec.audience_id,
-        "schedule": {"start_at": iso(spec.start_at), "end_at": iso(spec.end_at)},
+        "schedule": {"start_at": iso(spec.start_at), "end_at": iso(spec.end_at),
+                     "windows": spec.windows},
         "throttle": {"rate_per_second": spec.rate_per_second},
     }
     for key, value in patch.items():

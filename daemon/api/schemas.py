@@ -7,11 +7,14 @@ in the same shape, and the OpenAPI test checks real answers against them).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -31,6 +34,8 @@ from daemon.api.fields import (
     Timestamp,
     is_address,
 )
+from daemon.api.validation import LIST, ONE
+from daemon.engine.windows import DAYS, parse_minutes
 from daemon.models import CampaignStatus, Channel, EndReason, RecipientStatus, RunStatus
 from daemon.templates import is_template
 
@@ -117,6 +122,54 @@ _CONTENT_SCHEMA = WithJsonSchema({
 Content = Annotated[dict[str, Any], _CONTENT_SCHEMA]
 
 
+DayName = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ClockTime = Annotated[str, Field(pattern=r"^\d\d:\d\d$", examples=["08:00"])]
+
+
+class SendWindow(RequestModel):
+    """A weekly window (SPEC §9.2): open on `days`, from `from` to `to` (wall time in
+    `timezone`, DST included)."""
+
+    timezone: str = Field(description="An IANA zone name: `Europe/Paris`.", max_length=64)
+    days: list[DayName] | None = Field(
+        default=None, min_length=1, max_length=7,
+        description="Days open (`mon`..`sun`); absent: every day.")
+    from_: ClockTime = Field(alias="from", description="Opening, `HH:MM`.")
+    to: ClockTime = Field(description="Closing, `HH:MM` (up to `24:00`), after `from`.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Paris)") from None
+        return value
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _clock(cls, value: str, info: ValidationInfo) -> str:
+        minutes = parse_minutes(value)
+        opening = info.data.get("from_")
+        if info.field_name == "to" and opening is not None and minutes <= parse_minutes(opening):
+            raise ValueError(f"must be later than from ({opening})")
+        if info.field_name == "from_" and minutes == 24 * 60:
+            raise ValueError("24:00 is the end of a day, not an opening")
+        return value
+
+
+def _shape(value: Any) -> str:
+    return LIST if isinstance(value, list) else ONE
+
+
+OneOrList = Annotated[
+    Annotated[SendWindow, Tag(ONE)] | Annotated[
+        Annotated[list[SendWindow], Field(min_length=1, max_length=50)], Tag(LIST)],
+    Discriminator(_shape, custom_error_type="window_shape",
+                  custom_error_message="must be a window object or a list of 1 to 50"),
+]
+
+
 class Schedule(RequestModel):
     start_at: Timestamp | None = Field(
         default=None, description="First delivery no earlier than this (RFC 3339, with offset)."
@@ -124,6 +177,19 @@ class Schedule(RequestModel):
     end_at: Timestamp | None = Field(
         default=None, description="No trigger or delivery after this. Absent: a one-shot campaign."
     )
+
+    windows: OneOrList | None = Field(
+        default=None,
+        description="When sending is allowed (SPEC §9.2): a window or a list (their union); "
+                    "absent or null: always.")
+
+    def stored_windows(self) -> list[dict[str, Any]] | None:
+        """The windows as stored: always a list, `days` filled in."""
+        if self.windows is None:
+            return None
+        given = self.windows if isinstance(self.windows, list) else [self.windows]
+        return [{"timezone": w.timezone, "days": list(w.days or DAYS), "from": w.from_,
+                 "to": w.to} for w in given]
 
     @field_validator("end_at")
     @classmethod
@@ -169,9 +235,17 @@ class CampaignPatch(RequestModel):
     throttle: Throttle | None = None
 
 
+class SendWindowOut(ResponseModel):
+    timezone: str
+    days: list[DayName]
+    from_: str = Field(alias="from")
+    to: str
+
+
 class ScheduleOut(ResponseModel):
     start_at: datetime | None
     end_at: datetime | None
+    windows: list[SendWindowOut] | None = None
 
 
 class ThrottleOut(ResponseModel):

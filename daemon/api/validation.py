@@ -157,11 +157,16 @@ def _message(error: Mapping[str, Any]) -> str:
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
+# The tags of "one or a list" unions (`one_or_list`): pydantic puts them in an error's loc,
+# where the client never wrote them; they are left out of `errors[].loc`.
+ONE, LIST = "~one", "~list"
+
+
 def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     """pydantic's errors as FieldErrors with dotted locations (`recipients.3.email`)."""
     errors = []
     for error in exc.errors(include_url=False, include_input=False):
-        parts = [str(part) for part in error["loc"]]
+        parts = [str(part) for part in error["loc"] if part not in (ONE, LIST)]
         if prefix:
             parts.insert(0, prefix)
         errors.append(FieldError(".".join(parts), _message(error)))

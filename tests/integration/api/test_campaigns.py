@@ -22,7 +22,8 @@ async def test_create_returns_201_with_location_and_the_stored_campaign(api: Api
     assert response.headers["Location"] == "/v1/campaigns/spring-sale"
     created = await response.json()
     assert created["status"] == "draft"
-    assert created["schedule"] == {"start_at": "2026-12-01T08:00:00Z", "end_at": None}
+    assert created["schedule"] == {"start_at": "2026-12-01T08:00:00Z", "end_at": None,
+                                   "windows": None}
     assert created["throttle"] == {"rate_per_second": 165}
     assert created["content"] == EMAIL_CONTENT
     assert await api.json("GET", "/v1/campaigns/spring-sale", 200) == created
@@ -152,7 +153,8 @@ async def test_patch_edits_a_draft_and_merges_schedule_keys(api: Api) -> None:
         "name": "Renamed", "schedule": {"end_at": None}, "throttle": {"rate_per_second": 10},
     })
     assert patched["name"] == "Renamed"
-    assert patched["schedule"] == {"start_at": "2026-12-01T00:00:00Z", "end_at": None}
+    assert patched["schedule"] == {"start_at": "2026-12-01T00:00:00Z", "end_at": None,
+                                   "windows": None}
     assert patched["throttle"] == {"rate_per_second": 10}
     assert patched["updated_at"] == patched["created_at"]  # the fake clock did not move
 

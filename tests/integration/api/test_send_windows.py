@@ -1,0 +1,75 @@
+"""`schedule.windows` over HTTP (SPEC §9.2): stored as a list, validated naming the key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.integration.api.conftest import Api, campaign_body
+
+OFFICE = {"timezone": "Europe/Paris", "days": ["mon", "tue", "wed", "thu", "fri"],
+          "from": "08:00", "to": "20:00"}
+
+
+async def test_one_window_is_stored_as_a_list_and_days_default_to_all(api: Api) -> None:
+    body = campaign_body(schedule={"windows": {"timezone": "Asia/Kolkata", "from": "09:30",
+                                               "to": "24:00"}})
+    created = await api.json("POST", "/v1/campaigns", 201, json=body)
+    assert created["schedule"]["windows"] == [
+        {"timezone": "Asia/Kolkata", "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+         "from": "09:30", "to": "24:00"}]
+    assert await api.json("GET", f"/v1/campaigns/{created['id']}", 200) == created
+
+
+async def test_a_list_is_kept_and_a_patch_can_clear_it(api: Api) -> None:
+    weekend = {"timezone": "Europe/London", "days": ["sat", "sun"], "from": "10:00",
+               "to": "16:00"}
+    created = await api.json("POST", "/v1/campaigns", 201,
+                             json=campaign_body(schedule={"windows": [OFFICE, weekend]}))
+    assert created["schedule"]["windows"] == [OFFICE, weekend]
+    path = f"/v1/campaigns/{created['id']}"
+    # Another schedule key keeps the windows; null clears them.
+    kept = await api.json("PATCH", path, 200,
+                          json={"schedule": {"start_at": "2026-12-01T00:00:00Z"}})
+    assert kept["schedule"]["windows"] == [OFFICE, weekend]
+    cleared = await api.json("PATCH", path, 200, json={"schedule": {"windows": None}})
+    assert cleared["schedule"]["windows"] is None
+
+
+@pytest.mark.parametrize(
+    ("window", "loc"),
+    [
+        ({**OFFICE, "timezone": "Europe/Pariss"}, "schedule.windows.timezone"),
+        ({**OFFICE, "timezone": "../../etc/passwd"}, "schedule.windows.timezone"),
+        ({**OFFICE, "days": ["monday"]}, "schedule.windows.days.0"),
+        ({**OFFICE, "days": []}, "schedule.windows.days"),
+        ({**OFFICE, "from": "8:00"}, "schedule.windows.from"),
+        ({**OFFICE, "from": "25:00"}, "schedule.windows.from"),
+        ({**OFFICE, "to": "20:60"}, "schedule.windows.to"),
+        ({**OFFICE, "from": "20:00", "to": "08:00"}, "schedule.windows.to"),
+        ({**OFFICE, "from": "08:00", "to": "08:00"}, "schedule.windows.to"),
+        ({**OFFICE, "from": "24:00", "to": "24:00"}, "schedule.windows.from"),
+        ({**OFFICE, "extra": 1}, "schedule.windows.extra"),
+        ({"days": ["mon"], "from": "08:00", "to": "20:00"}, "schedule.windows.timezone"),
+    ],
+)
+async def test_a_bad_window_is_422_naming_the_key(api: Api, window: dict[str, Any],
+                                                  loc: str) -> None:
+    problem = await api.json("POST", "/v1/campaigns", 422,
+                             json=campaign_body(schedule={"windows": window}))
+    assert problem["code"] == "validation_error"
+    locs = [error["loc"] for error in problem["errors"]]
+    assert loc in locs, problem
+
+
+async def test_a_bad_window_in_a_list_names_its_index(api: Api) -> None:
+    problem = await api.json("POST", "/v1/campaigns", 422, json=campaign_body(
+        schedule={"windows": [OFFICE, {**OFFICE, "timezone": "Mars/Olympus"}]}))
+    assert "schedule.windows.1.timezone" in [error["loc"] for error in problem["errors"]]
+
+
+async def test_an_empty_list_is_refused(api: Api) -> None:
+    problem = await api.json("POST", "/v1/campaigns", 422,
+                             json=campaign_body(schedule={"windows": []}))
+    assert "schedule.windows" in [error["loc"] for error in problem["errors"]]
