@@ -352,6 +352,11 @@ class TriggerAccepted(ResponseModel):
     links: RunLinks
 
 
+class OpenInterval(ResponseModel):
+    from_: datetime = Field(alias="from")
+    to: datetime
+
+
 class TriggerPreview(ResponseModel):
     """What the run would do if it started at `scheduled_for`; nothing is created."""
 
@@ -364,6 +369,10 @@ class TriggerPreview(ResponseModel):
     deadline_reason: str | None = Field(description="`time_cap` or `campaign_end`.")
     expected_duration_seconds: float | None = Field(description="None when unthrottled.")
     expected_end: datetime | None
+    capacity: int | None = Field(
+        default=None, description="Recipients the plan can reach (None: unthrottled).")
+    open_intervals: list[OpenInterval] | None = Field(
+        default=None, description="With send windows: the open time counted (at most 100).")
 
 
 # -- runs ---------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from daemon.api.schemas import (
 )
 from daemon.api.validation import decode_storable, invalid, parse, parse_query
 from daemon.api.views import iso
-from daemon.engine import preview
+from daemon.engine import preview, windows
 from daemon.errors import FieldError, Problem
 from daemon.ids import new_run_id
 from daemon.infra.logs import get_logger
@@ -277,7 +277,16 @@ async def _create(ctx: AppContext, trigger: TriggerRequest) -> tuple[dict[str, A
     if created is None:
         raise problem(404, detail="no campaign with this id")
     if created.run_id is not None and created.scheduled_for is not None:
-        return _accepted(created.run_id, "scheduled", created.scheduled_for,
+        scheduled_for = created.scheduled_for
+        if created.target.windows:
+            # SPEC §9.2: a run triggered while its windows are closed waits for the next
+            # opening (the engine checks again when it starts the run).
+            opening = windows.next_opening(windows.from_stored(created.target.windows),
+                                           scheduled_for)
+            if opening is not None and opening > scheduled_for:
+                scheduled_for = await store.defer_run(ctx.pool, created.run_id,
+                                                      opening) or scheduled_for
+        return _accepted(created.run_id, "scheduled", scheduled_for,
                          trigger.campaign_id), True
     # Nothing was made. A key already used answers with its run, whatever the campaign's
     # state now (a replay, or a concurrent duplicate that won); else the campaign says why.
@@ -312,8 +321,19 @@ async def _preview(ctx: AppContext, trigger: TriggerRequest) -> dict[str, Any]:
         )
     except preview.CampaignNotFound:
         raise problem(404, detail="no campaign with this id") from None
-    return {key: iso(value) if isinstance(value, datetime) else value
-            for key, value in result.items()}
+    answer: dict[str, Any] = _jsonable(result)
+    return answer
+
+
+def _jsonable(value: Any) -> Any:
+    """Datetimes as RFC 3339 strings, inside lists and objects too."""
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
 
 
 async def trigger(request: web.Request) -> web.Response:

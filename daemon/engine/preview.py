@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from daemon.engine import planner
+from daemon.engine import planner, windows
 from daemon.errors import CampaigndError
 from daemon.models import ExclusionReason
 from daemon.store import engine as engine_store
@@ -42,9 +42,13 @@ async def preview_trigger(
         raise CampaignNotFound(f"no campaign {campaign_id!r}")
     now = ctx.clock.now()
     scheduled_for = max(now, campaign.start_at) if campaign.start_at else now
+    open_windows = windows.from_stored(campaign.windows)
+    if open_windows:
+        scheduled_for = windows.next_opening(open_windows, scheduled_for) or scheduled_for
     rate = campaign.rate_per_second
     plan = planner.plan_run(scheduled_for=scheduled_for, now=scheduled_for, rate=rate,
-                            time_cap=ctx.config.limits.time_cap, end_at=campaign.end_at)
+                            time_cap=ctx.config.limits.time_cap, end_at=campaign.end_at,
+                            windows=open_windows)
     counts = await snapshot.preview(
         ctx.pool, campaign.channel,
         audience_id=audience_id if recipients is None else None,
@@ -67,7 +71,21 @@ async def preview_trigger(
         "deadline_reason": plan.deadline_reason.value if plan.deadline_reason else None,
         "expected_duration_seconds": round(duration, 3) if duration is not None else None,
         "expected_end": expected_end,
+        "capacity": plan.capacity,
+        "open_intervals": _intervals(open_windows, plan) if open_windows else None,
     }
+
+
+def _intervals(open_windows: tuple[windows.Window, ...], plan: planner.Plan
+               ) -> list[dict[str, datetime]]:
+    """The open time the plan counts (until the deadline; a week ahead without one)."""
+    until = plan.deadline or plan.started_at + timedelta(days=7)
+    found = windows.open_intervals(open_windows, plan.started_at, until)
+    return [{"from": a, "to": b} for a, b in found[:MAX_INTERVALS]]
+
+
+# Intervals listed by a preview, at most (a 12-hour plan has one or two).
+MAX_INTERVALS = 100
 
 
 def _nobody() -> snapshot.SnapshotCounts:

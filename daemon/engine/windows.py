@@ -10,10 +10,11 @@ Several windows: their union. All instants are timezone-aware; results are in UT
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import pairwise
+from typing import Any
 from zoneinfo import ZoneInfo
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -44,6 +45,13 @@ class Window:
         chosen = DAYS if days is None else days
         return cls(ZoneInfo(timezone_name), frozenset(DAYS.index(d) for d in chosen),
                    parse_minutes(start), parse_minutes(end))
+
+
+def from_stored(stored: Sequence[Mapping[str, Any]] | None) -> tuple[Window, ...]:
+    """The windows of a campaign as stored (`campaigns.send_windows`); () means always open."""
+    if not stored:
+        return ()
+    return tuple(Window.parse(w["timezone"], w.get("days"), w["from"], w["to"]) for w in stored)
 
 
 def parse_minutes(text: str) -> int:

@@ -31,6 +31,7 @@ class Campaign:
     end_at: datetime | None
     status: str
     audience_id: str | None
+    windows: list[dict[str, Any]] | None = None  # send windows as stored (None: always open)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,7 @@ def excluded_of(counts: dict[str, int]) -> dict[str, int]:
 
 
 _CAMPAIGN_COLUMNS = ("c.id, c.name, c.channel, c.content, c.rate_per_second, c.start_at, "
-                     "c.end_at, c.status, c.audience_id")
+                     "c.end_at, c.status, c.audience_id, c.send_windows")
 
 
 async def load_campaign(db: Executor, campaign_id: str) -> Campaign | None:
@@ -103,7 +104,7 @@ def _campaign(row: Record) -> Campaign:
     return Campaign(
         id=row["id"], name=row["name"], channel=Channel(row["channel"]), content=row["content"],
         rate_per_second=row["rate_per_second"], start_at=row["start_at"], end_at=row["end_at"],
-        status=row["status"], audience_id=row["audience_id"],
+        status=row["status"], audience_id=row["audience_id"], windows=row["send_windows"],
     )
 
 

@@ -35,6 +35,7 @@ RUNS_CHANNEL = "campaignd_runs"
 # {campaign} id, {audience} requested, {inline}: inline recipients given
 _TARGET = """
     SELECT c.id, c.status, c.start_at, c.end_at, c.rate_per_second, c.audience_id,
+           c.send_windows,
            CASE WHEN NOT {inline} THEN coalesce({audience}, c.audience_id) END AS run_audience,
            CASE WHEN NOT {inline} THEN EXISTS (SELECT 1 FROM audiences a
                                        WHERE a.id = coalesce({audience}, c.audience_id))
@@ -90,6 +91,7 @@ class TriggerTarget:
     run_audience: str | None  # the audience the run would read (None: inline recipients)
     audience_exists: bool | None  # None: not asked (inline recipients)
     one_shot_taken: bool  # the campaign has its one-shot run already
+    windows: list[dict[str, Any]] | None = None  # send windows as stored (None: always)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,7 @@ def _target(row: Record) -> TriggerTarget:
         status=CampaignStatus(row["status"]), start_at=row["start_at"], end_at=row["end_at"],
         audience_id=row["audience_id"], run_audience=row["run_audience"],
         audience_exists=row["audience_exists"], one_shot_taken=row["one_shot_taken"],
+        windows=row["send_windows"],
     )
 
 
@@ -177,3 +180,14 @@ async def keyed_run(db: Executor, campaign_id: str, idempotency_key: str) -> Rec
         campaign_id, idempotency_key,
     )
     return row
+
+
+async def defer_run(db: Executor, run_id: str, until: datetime) -> datetime | None:
+    """Move a scheduled run's start to `until` (a send window's next opening); returns the
+    new `scheduled_for`, or None when the run is no longer scheduled."""
+    value: datetime | None = await db.fetchval(
+        "UPDATE runs SET scheduled_for = greatest(scheduled_for, $2) "
+        "WHERE id = $1 AND status = 'scheduled' RETURNING scheduled_for",
+        run_id, until,
+    )
+    return value

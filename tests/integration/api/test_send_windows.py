@@ -73,3 +73,49 @@ async def test_an_empty_list_is_refused(api: Api) -> None:
     problem = await api.json("POST", "/v1/campaigns", 422,
                              json=campaign_body(schedule={"windows": []}))
     assert "schedule.windows" in [error["loc"] for error in problem["errors"]]
+
+
+# The API tests' clock: Sunday 2026-03-01 12:00 UTC (13:00 in Paris).
+MORNINGS = {"timezone": "Europe/Paris", "days": ["mon", "tue", "wed", "thu", "fri"],
+            "from": "08:00", "to": "12:00"}
+TRIGGERS = "/v1/campaigns/spring-sale/triggers"
+
+
+async def test_a_trigger_while_closed_is_scheduled_for_the_next_opening(api: Api) -> None:
+    await api.live_campaign(audience="a", throttle={"rate_per_second": 2},
+                            schedule={"windows": MORNINGS})
+    await api.audience("a", "p1")
+    accepted = await api.json("POST", TRIGGERS, 202, token="trigger")
+    assert accepted["scheduled_for"] == "2026-03-02T07:00:00Z"
+    stored = await api.pool.fetchval("SELECT scheduled_for FROM runs WHERE id = $1",
+                                     accepted["run_id"])
+    assert stored.isoformat() == "2026-03-02T07:00:00+00:00"
+
+
+async def test_a_trigger_while_open_is_scheduled_now(api: Api) -> None:
+    always = {"timezone": "Europe/Paris", "from": "00:00", "to": "24:00"}
+    await api.live_campaign(audience="a", schedule={"windows": always})
+    await api.audience("a", "p1")
+    accepted = await api.json("POST", TRIGGERS, 202, token="trigger")
+    assert accepted["scheduled_for"] == "2026-03-01T12:00:00Z"
+
+
+async def test_the_preview_lists_the_open_time_and_the_capacity(api: Api) -> None:
+    await api.live_campaign(audience="a", throttle={"rate_per_second": 2},
+                            schedule={"windows": MORNINGS})
+    await api.audience("a", "p1", "p2")
+    preview = await api.json("POST", TRIGGERS + "?dry_run=true", 200, token="trigger")
+    assert preview["scheduled_for"] == "2026-03-02T07:00:00Z"
+    assert preview["deadline"] == "2026-03-02T19:00:00Z"  # wall time: 12 hours
+    assert preview["open_intervals"] == [{"from": "2026-03-02T07:00:00Z",
+                                          "to": "2026-03-02T11:00:00Z"}]
+    assert preview["capacity"] == 2 * 4 * 3600
+    assert await api.pool.fetchval("SELECT count(*) FROM runs") == 0
+
+
+async def test_without_windows_the_preview_has_no_intervals(api: Api) -> None:
+    await api.live_campaign(audience="a", throttle={"rate_per_second": 2})
+    await api.audience("a", "p1")
+    preview = await api.json("POST", TRIGGERS + "?dry_run=true", 200, token="trigger")
+    assert preview["open_intervals"] is None
+    assert preview["capacity"] == 2 * 12 * 3600
