@@ -46,10 +46,11 @@ def _run_id(request: web.Request) -> str:
 
 @requires(TokenScope.TRIGGER)
 async def read(request: web.Request) -> web.Response:
-    row = await runs.report(context(request).pool, _run_id(request))
+    ctx = context(request)
+    row = await runs.report(ctx.pool, _run_id(request))
     if row is None:
         raise problem(404, detail="no run with this id")
-    return json_answer(run_view(row))
+    return json_answer(run_view(row, now=ctx.clock.now()))
 
 
 @requires(TokenScope.ADMIN)
@@ -66,7 +67,8 @@ async def cancel(request: web.Request) -> web.Response:
                  status=status.value)
     elif status in (RunStatus.COMPLETED, RunStatus.FAILED):
         raise problem(409, "run_finished", f"the run is {status.value} already")
-    return json_answer(run_view(row), 202 if status is RunStatus.RUNNING else 200)
+    return json_answer(run_view(row, now=ctx.clock.now()),
+                       202 if status is RunStatus.RUNNING else 200)
 
 
 @requires(TokenScope.TRIGGER)

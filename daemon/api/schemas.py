@@ -395,6 +395,13 @@ class Counts(ResponseModel):
     excluded: Excluded
 
 
+class SendWindowState(ResponseModel):
+    open: bool
+    closes_at: datetime | None = Field(description="When open: when sending stops.")
+    next_opening: datetime | None = Field(description="When closed: when sending resumes.")
+    timezone: str = Field(description="The (first) window's zone, to show times in.")
+
+
 class RunReport(ResponseModel):
     id: str
     campaign_id: str
@@ -407,6 +414,8 @@ class RunReport(ResponseModel):
     deadline: datetime | None
     end_reason: EndReason | None
     counts: Counts
+    send_window: SendWindowState | None = Field(
+        default=None, description="With send windows, in a run's own report: open or not now.")
 
 
 class RunPage(ResponseModel):

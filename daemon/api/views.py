@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from daemon.engine import windows
 from daemon.store import Record
 from daemon.store.campaigns import CampaignRecord
 from daemon.store.runs import EXCLUSION_COLUMNS
@@ -48,8 +49,9 @@ def counts_view(row: Record) -> dict[str, Any]:
     }
 
 
-def run_view(row: Record) -> dict[str, Any]:
-    """A run report, in SPEC §4.3's shape."""
+def run_view(row: Record, *, now: datetime | None = None) -> dict[str, Any]:
+    """A run report, in SPEC §4.3's shape. With `now` (a single run's report) and send
+    windows, `send_window` says whether the run may send now, until or from when."""
     return {
         "id": row["id"],
         "campaign_id": row["campaign_id"],
@@ -62,6 +64,25 @@ def run_view(row: Record) -> dict[str, Any]:
         "deadline": iso(row["deadline"]),
         "end_reason": row["end_reason"],
         "counts": counts_view(row),
+        "send_window": (send_window_view(row["send_windows"], now, row["status"])
+                        if now is not None else None),
+    }
+
+
+def send_window_view(stored: list[dict[str, Any]] | None, now: datetime, status: str
+                     ) -> dict[str, Any] | None:
+    """SPEC §9.2 as a run sees it now: open (until `closes_at`) or closed (until
+    `next_opening`); None without windows or once the run has ended."""
+    if not stored or status not in ("scheduled", "running", "paused"):
+        return None
+    chosen = windows.from_stored(stored)
+    closes_at = windows.open_until(chosen, now)
+    return {
+        "open": closes_at is not None,
+        "closes_at": iso(closes_at),
+        "next_opening": None if closes_at is not None else iso(
+            windows.next_opening(chosen, now)),
+        "timezone": stored[0]["timezone"],
     }
 
 

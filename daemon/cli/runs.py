@@ -7,6 +7,7 @@ import sys
 from datetime import datetime
 from typing import Any, TextIO
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from daemon.cli.client import Client, add_client_arguments, print_json, run
 from daemon.infra.clock import SystemClock
@@ -48,7 +49,20 @@ def progress_line(report: dict[str, Any], rate: float | None) -> str:
             parts.append(f"ETA {_duration(counts['pending'] / rate)}")
     if report.get("deadline"):
         parts.append(f"deadline {report['deadline']}")
+    waiting = window_wait(report.get("send_window"))
+    if waiting:
+        parts.append(waiting)
     return f"{report['status']:9} " + " | ".join(parts)
+
+
+def window_wait(state: dict[str, Any] | None) -> str | None:
+    """"waiting for window (opens Mon 08:00 Europe/Paris)" while a send window is closed."""
+    if not state or state["open"] or not state.get("next_opening"):
+        return None
+    zone = state["timezone"]
+    opening = datetime.fromisoformat(state["next_opening"].replace("Z", "+00:00"))
+    local = opening.astimezone(ZoneInfo(zone))
+    return f"waiting for window (opens {local:%a %H:%M} {zone})"
 
 
 def summary_line(report: dict[str, Any]) -> str:

@@ -26,8 +26,12 @@ REPORT_COLUMNS = (
 
 
 async def report(db: Executor, run_id: str) -> Record | None:
+    """The run's report columns, and its campaign's send windows (`send_windows`)."""
     row: Record | None = await db.fetchrow(
-        f"SELECT {REPORT_COLUMNS} FROM runs WHERE id = $1", run_id
+        f"""SELECT {REPORT_COLUMNS},
+                   (SELECT c.send_windows FROM campaigns c WHERE c.id = runs.campaign_id)
+                       AS send_windows
+            FROM runs WHERE id = $1""", run_id
     )
     return row
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from daemon.cli.runs import window_wait
 from tests.integration.api.conftest import Api, campaign_body
 
 OFFICE = {"timezone": "Europe/Paris", "days": ["mon", "tue", "wed", "thu", "fri"],
@@ -119,3 +121,30 @@ async def test_without_windows_the_preview_has_no_intervals(api: Api) -> None:
     preview = await api.json("POST", TRIGGERS + "?dry_run=true", 200, token="trigger")
     assert preview["open_intervals"] is None
     assert preview["capacity"] == 2 * 12 * 3600
+
+
+async def test_the_run_report_says_when_the_window_opens(api: Api) -> None:
+    await api.live_campaign(audience="a", throttle={"rate_per_second": 2},
+                            schedule={"windows": MORNINGS})
+    await api.audience("a", "p1")
+    accepted = await api.json("POST", TRIGGERS, 202, token="trigger")
+    report = await api.json("GET", f"/v1/runs/{accepted['run_id']}", 200)
+    assert report["send_window"] == {"open": False, "closes_at": None,
+                                     "next_opening": "2026-03-02T07:00:00Z",
+                                     "timezone": "Europe/Paris"}
+    assert window_wait(report["send_window"]) == (
+        "waiting for window (opens Mon 08:00 Europe/Paris)")
+    # Monday 09:00 in Paris: open until noon there.
+    api.clock.advance((datetime(2026, 3, 2, 8, 0, tzinfo=UTC) - api.clock.now()).total_seconds())
+    report = await api.json("GET", f"/v1/runs/{accepted['run_id']}", 200)
+    assert report["send_window"]["open"] is True
+    assert report["send_window"]["closes_at"] == "2026-03-02T11:00:00Z"
+    assert window_wait(report["send_window"]) is None
+
+
+async def test_a_run_without_windows_reports_none(api: Api) -> None:
+    await api.live_campaign(audience="a")
+    await api.audience("a", "p1")
+    accepted = await api.json("POST", TRIGGERS, 202, token="trigger")
+    report = await api.json("GET", f"/v1/runs/{accepted['run_id']}", 200)
+    assert report["send_window"] is None
