@@ -44,6 +44,7 @@ async def test_the_preview_counts_what_the_run_will_freeze(pool: Pool) -> None:
         "deadline_reason": "time_cap",
         "expected_duration_seconds": 10.0,
         "expected_end": NOW + timedelta(hours=1, seconds=10),
+        "capacity": 20, "open_intervals": None,
     }
     assert await pool.fetchval("SELECT count(*) FROM runs") == 0  # nothing created
     run_id = await trigger(pool, "c1", audience="a1", scheduled_for=NOW + timedelta(hours=1))
