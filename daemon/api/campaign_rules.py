@@ -13,6 +13,7 @@ from daemon.api.validation import invalid, parse
 from daemon.api.views import iso
 from daemon.errors import FieldError
 from daemon.models import ID_PATTERN, CampaignId, Channel
+from daemon.store import Executor, pools
 from daemon.store.campaigns import CampaignRecord, CampaignSpec
 from daemon.templates import CompiledContent, TemplateProblem
 
@@ -59,6 +60,7 @@ def spec_from(body: CampaignCreate, campaign_id: str) -> CampaignSpec:
         start_at=schedule.start_at if schedule else None,
         end_at=schedule.end_at if schedule else None,
         rate_per_second=throttle.rate_per_second if throttle else None,
+        rate_pool=throttle.pool if throttle else None,
     )
 
 
@@ -72,7 +74,7 @@ def merge_patch(record: CampaignRecord, patch: dict[str, Any]) -> dict[str, Any]
         "content": spec.content,
         "audience": spec.audience_id,
         "schedule": {"start_at": iso(spec.start_at), "end_at": iso(spec.end_at)},
-        "throttle": {"rate_per_second": spec.rate_per_second},
+        "throttle": {"rate_per_second": spec.rate_per_second, "pool": spec.rate_pool},
     }
     for key, value in patch.items():
         if key in ("schedule", "throttle") and isinstance(value, dict):
@@ -80,6 +82,17 @@ def merge_patch(record: CampaignRecord, patch: dict[str, Any]) -> dict[str, Any]
         else:
             merged[key] = value
     return merged
+
+
+async def check_pool(db: Executor, spec: CampaignSpec, *, activating: bool = False) -> None:
+    """The campaign's rate pool exists (held until the transaction ends when `db` is one):
+    422 naming `throttle.pool` on a create or edit, 409 `no_pool` at activation."""
+    if spec.rate_pool is None or await pools.hold(db, spec.rate_pool):
+        return
+    message = f"no rate pool named {spec.rate_pool!r} (PUT /v1/rate-pools/{spec.rate_pool})"
+    if activating:
+        raise problem(409, "no_pool", message)
+    raise invalid([FieldError("throttle.pool", message)])
 
 
 def check_activation(ctx: AppContext, record: CampaignRecord, now: datetime) -> None:

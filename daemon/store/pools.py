@@ -91,24 +91,26 @@ async def rates(db: Executor, names: list[str]) -> dict[str, int]:
     return {row["name"]: row["rate_per_second"] for row in rows}
 
 
-async def delete(db: Executor, name: str) -> str:
+async def delete(db: Pool, name: str) -> str:
     """Delete a pool no live campaign names: "deleted", "in_use" or "missing"."""
-    row = await db.fetchrow(
-        """
-        WITH target AS (SELECT name FROM rate_pools WHERE name = $1 FOR UPDATE),
-        users AS (SELECT count(*) AS n FROM campaigns
-                  WHERE rate_pool = $1 AND status IN ('live', 'paused')),
-        deleted AS (DELETE FROM rate_pools WHERE name IN (SELECT name FROM target)
-                    AND (SELECT n FROM users) = 0 RETURNING name)
-        SELECT EXISTS (SELECT 1 FROM target) AS found,
-               EXISTS (SELECT 1 FROM deleted) AS deleted
-        """,
-        name,
-    )
-    assert row is not None
-    if not row["found"]:
-        return "missing"
-    return "deleted" if row["deleted"] else "in_use"
+    async with db.acquire() as conn, conn.transaction():
+        # The lock first (an activation holds it FOR SHARE), then a fresh snapshot.
+        if await conn.fetchval("SELECT 1 FROM rate_pools WHERE name = $1 FOR UPDATE",
+                               name) is None:
+            return "missing"
+        if await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM campaigns WHERE rate_pool = $1 "
+                "AND status IN ('live', 'paused'))", name):
+            return "in_use"
+        await conn.execute("DELETE FROM rate_pools WHERE name = $1", name)
+    return "deleted"
+
+
+async def hold(db: Executor, name: str) -> bool:
+    """Whether the pool exists, holding it (FOR SHARE) until the caller's transaction ends:
+    it cannot be deleted meanwhile (a campaign naming it is being activated)."""
+    return await db.fetchval("SELECT 1 FROM rate_pools WHERE name = $1 FOR SHARE",
+                             name) is not None
 
 
 async def campaigns_of(db: Executor, name: str) -> list[str]:
