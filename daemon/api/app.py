@@ -9,6 +9,7 @@ from daemon.api import (
     campaigns,
     health,
     openapi,
+    pools,
     profiles,
     runs,
     triggers,
@@ -48,4 +49,5 @@ def build_app(ctx: AppContext) -> web.Application:
     return app
 
 
-ROUTE_MODULES = [health, openapi, campaigns, triggers, runs, profiles, audiences, unsubscribe]
+ROUTE_MODULES = [health, openapi, campaigns, triggers, runs, profiles, audiences, pools,
+                 unsubscribe]

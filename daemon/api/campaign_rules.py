@@ -13,6 +13,7 @@ from daemon.api.validation import invalid, parse
 from daemon.api.views import iso
 from daemon.errors import FieldError
 from daemon.models import ID_PATTERN, CampaignId, Channel
+from daemon.store import Executor, pools
 from daemon.store.campaigns import CampaignRecord, CampaignSpec
 from daemon.templates import CompiledContent, TemplateProblem
 
@@ -60,6 +61,7 @@ def spec_from(body: CampaignCreate, campaign_id: str) -> CampaignSpec:
         end_at=schedule.end_at if schedule else None,
         windows=schedule.stored_windows() if schedule else None,
         rate_per_second=throttle.rate_per_second if throttle else None,
+        rate_pool=throttle.pool if throttle else None,
     )
 
 
@@ -74,7 +76,7 @@ def merge_patch(record: CampaignRecord, patch: dict[str, Any]) -> dict[str, Any]
         "audience": spec.audience_id,
         "schedule": {"start_at": iso(spec.start_at), "end_at": iso(spec.end_at),
                      "windows": spec.windows},
-        "throttle": {"rate_per_second": spec.rate_per_second},
+        "throttle": {"rate_per_second": spec.rate_per_second, "pool": spec.rate_pool},
     }
     for key, value in patch.items():
         if key in ("schedule", "throttle") and isinstance(value, dict):
@@ -82,6 +84,17 @@ def merge_patch(record: CampaignRecord, patch: dict[str, Any]) -> dict[str, Any]
         else:
             merged[key] = value
     return merged
+
+
+async def check_pool(db: Executor, spec: CampaignSpec, *, activating: bool = False) -> None:
+    """The campaign's rate pool exists (held until the transaction ends when `db` is one):
+    422 naming `throttle.pool` on a create or edit, 409 `no_pool` at activation."""
+    if spec.rate_pool is None or await pools.hold(db, spec.rate_pool):
+        return
+    message = f"no rate pool named {spec.rate_pool!r} (PUT /v1/rate-pools/{spec.rate_pool})"
+    if activating:
+        raise problem(409, "no_pool", message)
+    raise invalid([FieldError("throttle.pool", message)])
 
 
 def check_activation(ctx: AppContext, record: CampaignRecord, now: datetime) -> None:

@@ -69,6 +69,7 @@ async def create(request: web.Request) -> web.Response:
     body = parse(CampaignCreate, data, context=campaign_rules.limits(ctx), checked=True)
     now = ctx.clock.now()
     spec = campaign_rules.spec_from(body, body.id or new_campaign_id(now))
+    await campaign_rules.check_pool(ctx.pool, spec)
     try:
         record = await campaigns.insert(ctx.pool, spec, now)
     except campaigns.CampaignExists:
@@ -114,6 +115,7 @@ async def patch(request: web.Request) -> web.Response:
         body = parse(CampaignCreate, merged, context=campaign_rules.limits(ctx),
                      checked=True)
         spec = campaign_rules.spec_from(body, record.id)
+        await campaign_rules.check_pool(conn, spec)
         updated = await campaigns.update_draft(conn, spec, ctx.clock.now())
     log.info("campaign.updated", campaign_id=record.id)
     return json_answer(campaign_view(updated))
@@ -154,6 +156,7 @@ async def activate(request: web.Request) -> web.Response:
                           f"the campaign is {record.status.value}: only a draft can be activated")
         now = ctx.clock.now()
         campaign_rules.check_activation(ctx, record, now)
+        await campaign_rules.check_pool(conn, record.spec, activating=True)
         record = await campaigns.set_status(conn, record.id, CampaignStatus.LIVE, now)
     log.info("campaign.activated", campaign_id=record.id)
     return json_answer(campaign_view(record))

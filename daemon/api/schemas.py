@@ -204,6 +204,9 @@ class Throttle(RequestModel):
     rate_per_second: Annotated[int, Field(ge=1, le=2000)] | None = Field(
         default=None, description="Messages per second, 1 to `limits.max_rate_per_second`."
     )
+    pool: Id | None = Field(
+        default=None, description="A rate pool (SPEC §9.3) whose limit the campaign shares "
+                                  "with the pool's other campaigns, on every daemon.")
 
     @field_validator("rate_per_second")
     @classmethod
@@ -250,6 +253,7 @@ class ScheduleOut(ResponseModel):
 
 class ThrottleOut(ResponseModel):
     rate_per_second: int | None
+    pool: str | None = None
 
 
 class Campaign(ResponseModel):

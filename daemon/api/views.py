@@ -28,7 +28,7 @@ def campaign_view(record: CampaignRecord) -> dict[str, Any]:
         "audience": spec.audience_id,
         "schedule": {"start_at": iso(spec.start_at), "end_at": iso(spec.end_at),
                      "windows": spec.windows},
-        "throttle": {"rate_per_second": spec.rate_per_second},
+        "throttle": {"rate_per_second": spec.rate_per_second, "pool": spec.rate_pool},
         "status": record.status.value,
         "created_at": iso(record.created_at),
         "updated_at": iso(record.updated_at),

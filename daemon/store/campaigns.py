@@ -13,7 +13,7 @@ from daemon.store import Connection, Executor, Record
 
 _COLUMNS = (
     "id, name, channel, content, audience_id, start_at, end_at, rate_per_second, status, "
-    "created_at, updated_at, activated_at, finished_at, send_windows"
+    "created_at, updated_at, activated_at, finished_at, send_windows, rate_pool"
 )
 
 
@@ -35,6 +35,7 @@ class CampaignSpec:
     rate_per_second: int | None
     # Send windows (SPEC §9.2) as stored: a list of window objects; None: always open.
     windows: list[dict[str, Any]] | None = None
+    rate_pool: str | None = None  # SPEC §9.3: the pool the campaign shares a limit with
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ def _record(row: Record) -> CampaignRecord:
         id=CampaignId(row["id"]), name=row["name"], channel=Channel(row["channel"]),
         content=row["content"], audience_id=row["audience_id"], start_at=row["start_at"],
         end_at=row["end_at"], rate_per_second=row["rate_per_second"],
-        windows=row["send_windows"],
+        windows=row["send_windows"], rate_pool=row["rate_pool"],
     )
     return CampaignRecord(
         spec=spec, status=CampaignStatus(row["status"]), created_at=row["created_at"],
@@ -71,12 +72,14 @@ async def insert(db: Executor, spec: CampaignSpec, now: datetime) -> CampaignRec
         row = await db.fetchrow(
             f"""
             INSERT INTO campaigns (id, name, channel, content, audience_id, start_at, end_at,
-                                   rate_per_second, created_at, updated_at, send_windows)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)
+                                   rate_per_second, created_at, updated_at, send_windows,
+                                   rate_pool)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11)
             RETURNING {_COLUMNS}
             """,
             spec.id, spec.name, spec.channel.value, spec.content, spec.audience_id,
             spec.start_at, spec.end_at, spec.rate_per_second, now, spec.windows,
+            spec.rate_pool,
         )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "campaigns_pkey":
@@ -116,12 +119,13 @@ async def update_draft(conn: Connection, spec: CampaignSpec, now: datetime) -> C
         f"""
         UPDATE campaigns SET name = $2, channel = $3, content = $4, audience_id = $5,
                start_at = $6, end_at = $7, rate_per_second = $8, updated_at = $9,
-               send_windows = $10
+               send_windows = $10, rate_pool = $11
         WHERE id = $1
         RETURNING {_COLUMNS}
         """,
         spec.id, spec.name, spec.channel.value, spec.content, spec.audience_id,
         spec.start_at, spec.end_at, spec.rate_per_second, now, spec.windows,
+        spec.rate_pool,
     )
     return _record(row)
 

@@ -24,7 +24,7 @@ async def test_create_returns_201_with_location_and_the_stored_campaign(api: Api
     assert created["status"] == "draft"
     assert created["schedule"] == {"start_at": "2026-12-01T08:00:00Z", "end_at": None,
                                    "windows": None}
-    assert created["throttle"] == {"rate_per_second": 165}
+    assert created["throttle"] == {"rate_per_second": 165, "pool": None}
     assert created["content"] == EMAIL_CONTENT
     assert await api.json("GET", "/v1/campaigns/spring-sale", 200) == created
 
@@ -155,7 +155,7 @@ async def test_patch_edits_a_draft_and_merges_schedule_keys(api: Api) -> None:
     assert patched["name"] == "Renamed"
     assert patched["schedule"] == {"start_at": "2026-12-01T00:00:00Z", "end_at": None,
                                    "windows": None}
-    assert patched["throttle"] == {"rate_per_second": 10}
+    assert patched["throttle"] == {"rate_per_second": 10, "pool": None}
     assert patched["updated_at"] == patched["created_at"]  # the fake clock did not move
 
 

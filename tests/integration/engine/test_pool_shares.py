@@ -1,0 +1,120 @@
+"""Rate pool shares against real PostgreSQL, with simulated holders (daemons): shares
+follow demand, an increase takes only what is free, a decrease stays reserved for a
+second, dead holders' shares return, and Σ granted + Σ released ≤ the pool's rate after
+every statement, whatever the concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from daemon.store import Pool, pools
+
+NOW = datetime(2026, 12, 6, tzinfo=UTC)
+TTL = 30.0
+SHORT = 0.2  # release_seconds in these tests (the engine uses RELEASE_SECONDS)
+
+
+async def spent_bound(pool: Pool, name: str) -> float:
+    """What may be being spent on the pool: Σ granted + Σ active released, live holders."""
+    return sum(s.granted + s.released for s in await pools.shares(pool, name)
+               if s.expires_in > 0)
+
+
+async def take(pool: Pool, holder: str, demand: float, *, ttl: float = TTL) -> float:
+    result = await pools.share(pool, "lp", holder, demand, ttl, release_seconds=SHORT)
+    assert result is not None
+    return result[0]
+
+
+@pytest.fixture
+async def lp(pool: Pool) -> str:
+    await pools.put(pool, "lp", 1000, NOW)
+    return "lp"
+
+
+async def test_one_holder_gets_its_demand_up_to_the_rate(pool: Pool, lp: str) -> None:
+    assert await take(pool, "a", 300) == 300
+    assert await take(pool, "a", 5000) == 1000
+    assert await take(pool, "a", 0) == 0
+
+
+async def test_a_newcomer_waits_for_the_holders_decrease_and_its_second(
+        pool: Pool, lp: str) -> None:
+    assert await take(pool, "a", 1000) == 1000
+    assert await take(pool, "b", 1000) == 0  # nothing free yet: a holds it all
+    assert await take(pool, "a", 1000) == 500  # a's fair share: it lowers at once
+    assert await spent_bound(pool, lp) == 1000  # 500 granted + 500 released
+    assert await take(pool, "b", 1000) == 0  # a's release still counts for a second
+    await asyncio.sleep(SHORT + 0.1)
+    assert await take(pool, "b", 1000) == 500
+    assert await spent_bound(pool, lp) == 1000
+
+
+async def test_shares_follow_demand(pool: Pool, lp: str) -> None:
+    await take(pool, "a", 900)
+    await take(pool, "b", 300)
+    await asyncio.sleep(SHORT + 0.1)
+    for _ in range(3):  # a few heartbeats settle the shares
+        granted_a = await take(pool, "a", 900)
+        granted_b = await take(pool, "b", 300)
+        await asyncio.sleep(SHORT + 0.1)
+    assert (granted_a, granted_b) == (750, 250)
+
+
+async def test_a_dead_holders_share_returns_when_its_row_expires(pool: Pool, lp: str) -> None:
+    assert await take(pool, "dead", 1000, ttl=0.3) == 1000
+    assert await take(pool, "b", 1000) == 0
+    await asyncio.sleep(0.4)
+    assert await take(pool, "b", 1000) == 1000
+
+
+async def test_leaving_releases_for_a_second(pool: Pool, lp: str) -> None:
+    await take(pool, "a", 1000)
+    await pools.leave(pool, "a")
+    [row] = await pools.shares(pool, lp)
+    assert (row.granted, row.demand) == (0, 0)
+    assert row.released == 1000
+    assert await take(pool, "b", 1000) == 0
+
+
+async def test_a_lower_pool_rate_lowers_every_share(pool: Pool, lp: str) -> None:
+    await take(pool, "a", 1000)
+    await pools.put(pool, lp, 100, NOW)
+    assert await take(pool, "a", 1000) == 100
+
+
+async def test_the_invariant_holds_under_concurrent_holders(pool: Pool, lp: str) -> None:
+    rng = random.Random(7)
+    holders = [f"h{i}" for i in range(5)]
+    for _ in range(40):
+        await asyncio.gather(*(
+            pools.share(pool, lp, holder, rng.choice([0, 50, 200, 600, 1500]), TTL,
+                        release_seconds=0.05)
+            for holder in holders))
+        assert await spent_bound(pool, lp) <= 1000 + 1e-6
+        if rng.random() < 0.2:
+            await asyncio.sleep(0.06)
+    # With steady demand the pool is used: shares settle to it.
+    for _ in range(4):
+        for holder in holders:
+            await pools.share(pool, lp, holder, 400, TTL, release_seconds=0.05)
+        await asyncio.sleep(0.06)
+    assert await spent_bound(pool, lp) == pytest.approx(1000)
+
+
+async def test_an_unknown_pool_gives_nothing(pool: Pool) -> None:
+    assert await pools.share(pool, "nope", "a", 10, TTL) is None
+
+
+async def test_delete_refuses_a_pool_a_live_campaign_names(pool: Pool, lp: str) -> None:
+    await pool.execute(
+        "INSERT INTO campaigns (id, name, channel, content, status, rate_pool) "
+        "VALUES ('c', 'c', 'email', '{}', 'live', 'lp')")
+    assert await pools.delete(pool, lp) == "in_use"
+    await pool.execute("UPDATE campaigns SET status = 'stopped'")
+    assert await pools.delete(pool, lp) == "deleted"
+    assert await pools.delete(pool, lp) == "missing"
