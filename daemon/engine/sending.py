@@ -4,7 +4,9 @@ Under the campaign pacer's turn (first come, first served): the pacer's slot, th
 recipient (round-robin between the campaign's runs), its message rendered, the
 provider's pause (429 + Retry-After), its own rate slot and a concurrency slot, then the
 pacer's window check. Last of all, with no await in between, the check that the run is
-still active, before its deadline and under a valid lease: then the call starts. A
+still active, before its deadline, under a valid lease and inside a send window: then the
+call starts. While the campaign's send windows are closed, senders wait for the next
+opening before they take a recipient (`window_gate.py`). A
 recipient that does not get that far is given back.
 """
 
@@ -19,6 +21,7 @@ import structlog
 from daemon.engine import delivery
 from daemon.engine.delivery import RunExecution
 from daemon.engine.pacing import Pacer, ProviderGate
+from daemon.engine.window_gate import WindowGate
 from daemon.errors import PermanentError, ProviderError, TransientError
 from daemon.infra.clock import Clock
 from daemon.providers.base import Message, Provider, SendResult
@@ -51,6 +54,7 @@ class ProviderCalls:
     clock: Clock
     log: structlog.stdlib.BoundLogger
     pacer: Pacer | None
+    window_gate: WindowGate | None  # send windows (SPEC §9.2); None: always open
     content: CompiledContent | None
     content_error: str | None
     recorder: Recorder
@@ -90,12 +94,16 @@ class ProviderCalls:
         the rate fairly (a run triggered later gets its share at once)."""
         await self.recorder.room(self.sizes.unwritten)
         if self.pacer is None:
+            if self.window_gate is not None:
+                await self.window_gate.wait_open()
             item = await self._take()
             if item is None:
                 return False
             call = await self._admit(*item, paced=False)
         else:
             async with self.pacer.turn():
+                if self.window_gate is not None:  # closed: the others wait behind this one
+                    await self.window_gate.wait_open()
                 item = await self._take()
                 if item is None:
                     return False
@@ -150,7 +158,9 @@ class ProviderCalls:
             if paced:
                 assert self.pacer is not None
                 await self.pacer.window()
-            admitted = self.may_call(run)  # the last check: no await from here to the call
+            # The last check, window included: no await from here to the call.
+            admitted = self.may_call(run) and (self.window_gate is None
+                                               or self.window_gate.open_now())
             if admitted and paced:
                 assert self.pacer is not None
                 self.pacer.record()

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from daemon.engine import windows
 from daemon.engine.delivery import RunExecution, RunState
 from daemon.infra.clock import Clock
 from daemon.models import ExclusionReason
 from daemon.store import engine as engine_store
 from daemon.store import freeze as freeze_store
 from daemon.store import recipients as recipient_store
+from daemon.store import triggers as trigger_store
 from daemon.store.engine import Campaign, RunRow
 
 if TYPE_CHECKING:
@@ -118,6 +120,8 @@ class RunStarting:
             due = sorted((at, run_id) for run_id, at in self._freeze_at.items()
                          if run_id in self._start_queue)
             ready = [self._start_queue[run_id] for at, run_id in due if at <= now]
+            if ready and self.campaign.windows:
+                ready = await self._inside_windows(ready)
             if ready:
                 # A few statements at once (each its own transaction, on its own
                 # connection), each starting a batch of runs: a burst of one-recipient
@@ -127,6 +131,27 @@ class RunStarting:
                 continue
             seconds = (due[0][0] - now).total_seconds() if due else None
             await self.wait(self._start_wake, seconds)
+
+    async def _inside_windows(self, rows: list[RunRow]) -> list[RunRow]:
+        """The runs whose start falls in an open send window; the others are moved to the
+        next opening (SPEC §9.2: `scheduled` until then) and planned again."""
+        chosen = windows.from_stored(self.campaign.windows)
+        keep = []
+        for row in rows:
+            opening = windows.next_opening(chosen, row.scheduled_for)
+            if opening is None or opening <= row.scheduled_for:
+                keep.append(row)
+                continue
+            moved = await trigger_store.defer_run(self.services.pool, row.id, opening)
+            # Handed back: the scheduler hands it again when it is due (the deferral
+            # NOTIFYs it); until then it is `scheduled`, with `scheduled_for` the opening.
+            self._freeze_at.pop(row.id, None)
+            self._start_queue.pop(row.id, None)
+            self._starting.discard(row.id)
+            if moved is not None:
+                self.log.info("run.deferred", run_id=row.id, scheduled_for=moved.isoformat(),
+                              reason="send_window")
+        return keep
 
     async def _start_batch(self, rows: list[RunRow]) -> None:
         for row in rows:

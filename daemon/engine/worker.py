@@ -21,12 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from daemon.engine import planner
+from daemon.engine import planner, windows
 from daemon.engine.delivery import DeliverySettings, RunExecution, RunState
 from daemon.engine.pacing import Pacer, ProviderGates
 from daemon.engine.recording import Flushed, Recorder
 from daemon.engine.runs import CampaignRuns, Lease
 from daemon.engine.sending import ProviderCalls
+from daemon.engine.window_gate import WindowGate
 from daemon.infra.clock import Clock
 from daemon.infra.logs import get_logger
 from daemon.infra.metrics import Metrics
@@ -91,6 +92,9 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
                                             provider.settings.concurrency)
         super().__init__(services, campaign, lease)
         self.pacer = pacer  # the engine's, per campaign: it outlives a worker
+        open_windows = windows.from_stored(campaign.windows)
+        self.window_gate = (WindowGate(open_windows, services.clock, self.log)
+                            if open_windows else None)
         self.recorder = Recorder(
             services.pool, services.clock, interval=services.checkpoint_interval,
             batch_size=self.sizes.flush_batch, on_flushed=self._on_flushed,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from daemon.engine import planner
+from daemon.engine import planner, windows
 from daemon.models import Channel, EndReason, ExclusionReason, RunStatus
 from daemon.store import Executor, Pool, Record, freeze, leases, snapshot
 from daemon.store.recipients import COUNT_COLUMNS
@@ -342,7 +342,8 @@ async def start_inline_runs(
 
 def _plan(run: RunRow, campaign: Campaign, *, now: datetime, time_cap: float) -> planner.Plan:
     return planner.plan_run(scheduled_for=run.scheduled_for, now=now,
-                            rate=run.rate_per_second, time_cap=time_cap, end_at=campaign.end_at)
+                            rate=run.rate_per_second, time_cap=time_cap, end_at=campaign.end_at,
+                            windows=windows.from_stored(campaign.windows))
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,8 +186,13 @@ async def defer_run(db: Executor, run_id: str, until: datetime) -> datetime | No
     """Move a scheduled run's start to `until` (a send window's next opening); returns the
     new `scheduled_for`, or None when the run is no longer scheduled."""
     value: datetime | None = await db.fetchval(
-        "UPDATE runs SET scheduled_for = greatest(scheduled_for, $2) "
-        "WHERE id = $1 AND status = 'scheduled' RETURNING scheduled_for",
+        f"""
+        WITH moved AS (
+            UPDATE runs SET scheduled_for = greatest(scheduled_for, $2)
+            WHERE id = $1 AND status = 'scheduled' RETURNING id, scheduled_for
+        )
+        SELECT scheduled_for FROM moved WHERE pg_notify('{RUNS_CHANNEL}', id) IS NOT NULL
+        """,
         run_id, until,
     )
     return value
