@@ -35,8 +35,8 @@ from daemon.api.fields import (
     is_address,
 )
 from daemon.api.validation import LIST, ONE
-from daemon.engine.windows import DAYS, parse_minutes
 from daemon.models import CampaignStatus, Channel, EndReason, RecipientStatus, RunStatus
+from daemon.planning.windows import DAYS, parse_minutes
 from daemon.templates import is_template
 
 # -- errors -------------------------------------------------------------------------------------

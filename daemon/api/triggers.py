@@ -38,11 +38,12 @@ from daemon.api.schemas import (
 )
 from daemon.api.validation import decode_storable, invalid, parse, parse_query
 from daemon.api.views import iso
-from daemon.engine import preview, windows
+from daemon.engine import preview
 from daemon.errors import FieldError, Problem
 from daemon.ids import new_run_id
 from daemon.infra.logs import get_logger
 from daemon.models import CampaignStatus, TokenScope
+from daemon.planning import windows
 from daemon.store import Record
 from daemon.store import triggers as store
 from daemon.store.triggers import NewRun, TriggerTarget

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from daemon.engine import windows
+from daemon.planning import windows
 from daemon.store import Record
 from daemon.store.campaigns import CampaignRecord
 from daemon.store.runs import EXCLUSION_COLUMNS

@@ -24,7 +24,7 @@ from daemon.store.engine import Campaign
 
 if TYPE_CHECKING:
     from daemon.engine.recording import Recorder
-    from daemon.engine.worker import WorkerServices
+    from daemon.engine.state import WorkerServices
 
 
 ENDED_REMEMBERED = 1000  # run ids a worker remembers having ended (a read may predate it)

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from daemon.engine import planner
 from daemon.errors import PermanentError, ProviderError, TransientError
 from daemon.infra.config import Config
 from daemon.models import Channel, ExclusionReason
+from daemon.planning import planner
 from daemon.providers.base import Address, Message, SendResult
 from daemon.store.engine import RunRow
 from daemon.store.recipients import Claimed, OutcomeRow

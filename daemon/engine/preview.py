@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from daemon.engine import planner, windows
 from daemon.errors import CampaigndError
 from daemon.models import ExclusionReason
+from daemon.planning import planner, windows
 from daemon.store import engine as engine_store
 from daemon.store import snapshot
 

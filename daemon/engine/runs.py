@@ -15,9 +15,8 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from daemon.engine import planner
 from daemon.engine.closing import RunClosing
 from daemon.engine.delivery import RENDER_ERROR, RunExecution, RunState
 from daemon.engine.recording import DB_ERRORS, raise_if_cancelling
@@ -25,6 +24,7 @@ from daemon.engine.starting import RunStarting
 from daemon.errors import ProviderError, TransientError
 from daemon.infra.logs import get_logger
 from daemon.models import ExclusionReason, RunStatus
+from daemon.planning import planner
 from daemon.store import engine as engine_store
 from daemon.store import freeze as freeze_store
 from daemon.store import profiles_tokens
@@ -32,7 +32,7 @@ from daemon.store import recipients as recipient_store
 from daemon.store.engine import Campaign, RunRow
 
 if TYPE_CHECKING:
-    from daemon.engine.worker import WorkerServices
+    from daemon.engine.state import Lease, WorkerServices
 
 log = get_logger(__name__)
 
@@ -44,10 +44,6 @@ MIN_READ_INTERVAL = 0.025  # a burst of pokes (triggers) makes one read per inte
 PROGRESS_EVERY = 10.0  # run.progress period
 IDLE_EXIT = 2.0  # a worker with nothing to do for this long ends (and frees its lease)
 DB_RETRY_MAX = 5.0
-
-
-class Lease(Protocol):
-    def valid(self) -> bool: ...
 
 
 class CampaignRuns(RunClosing, RunStarting):

@@ -30,9 +30,9 @@ from daemon.store.recipients import Claimed, OutcomeRow
 from daemon.templates import CompiledContent, RenderError
 
 if TYPE_CHECKING:
-    from daemon.engine.planner import PipelineSizes
     from daemon.engine.recording import Recorder
-    from daemon.engine.worker import WorkerServices
+    from daemon.engine.state import WorkerServices
+    from daemon.planning.planner import PipelineSizes
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 4x, per message

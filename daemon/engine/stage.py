@@ -38,7 +38,8 @@ from daemon.engine.delivery import DeliverySettings
 from daemon.engine.pacing import Pacer, ProviderGates
 from daemon.engine.recording import DB_ERRORS, raise_if_cancelling
 from daemon.engine.scheduler import Scheduler
-from daemon.engine.worker import CampaignWorker, ProviderSource, WorkerServices
+from daemon.engine.state import ProviderSource, WorkerServices
+from daemon.engine.worker import CampaignWorker
 from daemon.infra.config import Config
 from daemon.infra.logs import get_logger
 from daemon.store import engine as engine_store

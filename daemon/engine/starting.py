@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from daemon.engine import windows
 from daemon.engine.delivery import RunExecution, RunState
 from daemon.infra.clock import Clock
 from daemon.models import ExclusionReason
+from daemon.planning import windows
 from daemon.store import engine as engine_store
 from daemon.store import freeze as freeze_store
 from daemon.store import recipients as recipient_store
@@ -31,7 +31,7 @@ from daemon.store import triggers as trigger_store
 from daemon.store.engine import Campaign, RunRow
 
 if TYPE_CHECKING:
-    from daemon.engine.worker import WorkerServices
+    from daemon.engine.state import WorkerServices
 
 # A worker takes a scheduled run ahead of its start (store.engine._PREPARE_AT) and freezes
 # it just early enough: MIN_LEAD before its start, plus its size (a stored audience's first

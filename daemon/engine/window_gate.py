@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import structlog
 
-from daemon.engine import windows
 from daemon.infra.clock import Clock
+from daemon.planning import windows
 
 
 class WindowGate:

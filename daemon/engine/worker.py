@@ -15,71 +15,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from daemon.engine import planner, windows
-from daemon.engine.delivery import DeliverySettings, RunExecution, RunState
-from daemon.engine.pacing import Pacer, ProviderGates
+from daemon.engine.delivery import RunExecution, RunState
+from daemon.engine.pacing import Pacer
 from daemon.engine.recording import Flushed, Recorder
-from daemon.engine.runs import CampaignRuns, Lease
+from daemon.engine.runs import CampaignRuns
 from daemon.engine.sending import ProviderCalls
+from daemon.engine.state import Lease, WorkerServices
 from daemon.engine.window_gate import WindowGate
-from daemon.infra.clock import Clock
 from daemon.infra.logs import get_logger
-from daemon.infra.metrics import Metrics
-from daemon.models import Channel
-from daemon.providers.base import Provider
-from daemon.store import Pool
+from daemon.planning import planner, windows
 from daemon.store import recipients as recipient_store
 from daemon.store.engine import Campaign, counts_of
 from daemon.store.recipients import Claimed, OutcomeRow
-from daemon.templates import CompiledContent, TemplateProblem
+from daemon.templates import CompiledContent
 
 log = get_logger(__name__)
 
 SENDER_IDLE = 1.0  # a sender with nothing to send for this long ends
-
-
-class ProviderSource(Protocol):
-    """Where the worker finds the provider of a channel (the registry)."""
-
-    def for_channel(self, channel: Channel) -> Provider: ...
-
-
-@dataclass
-class WorkerServices:
-    """What every campaign worker shares (built by the engine)."""
-
-    pool: Pool
-    clock: Clock
-    metrics: Metrics
-    providers: ProviderSource
-    gates: ProviderGates
-    holder: str
-    delivery: DeliverySettings
-    unsubscribe_key: bytes | None
-    checkpoint_interval: float
-    time_cap: float
-    # Compiled templates by (channel, content): campaigns sharing a content compile it once.
-    compiled: dict[tuple[str, str], CompiledContent | str] = field(default_factory=dict)
-
-    def compile(self, campaign: Campaign) -> CompiledContent | str:
-        """The campaign's content compiled (or why it does not compile)."""
-        key = (campaign.channel.value, json.dumps(campaign.content, sort_keys=True))
-        known = self.compiled.get(key)
-        if known is None:
-            try:
-                known = CompiledContent.compile(campaign.channel, campaign.content)
-            except TemplateProblem as exc:
-                known = str(exc)
-            if len(self.compiled) >= 1024:
-                self.compiled.clear()
-            self.compiled[key] = known
-        return known
 
 
 class CampaignWorker(ProviderCalls, CampaignRuns):

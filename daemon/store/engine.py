@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from daemon.engine import planner, windows
 from daemon.models import Channel, EndReason, ExclusionReason, RunStatus
+from daemon.planning import planner, windows
 from daemon.store import Executor, Pool, Record, freeze, leases, snapshot
 from daemon.store.recipients import COUNT_COLUMNS
 

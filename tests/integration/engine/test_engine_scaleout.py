@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.engine import planner
 from daemon.infra.database import create_pool
+from daemon.planning import planner
 from daemon.store import Pool
 from tests.integration.engine.conftest import (
     EngineFactory,

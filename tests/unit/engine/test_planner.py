@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon.engine import planner
 from daemon.infra.clock import FakeClock
 from daemon.models import EndReason, ExclusionReason
+from daemon.planning import planner
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 HOUR = 3600.0

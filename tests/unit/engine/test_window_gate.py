@@ -10,8 +10,8 @@ import structlog
 from structlog.testing import capture_logs
 
 from daemon.engine.window_gate import WindowGate
-from daemon.engine.windows import Window
 from daemon.infra.clock import FakeClock
+from daemon.planning.windows import Window
 
 MORNINGS = Window.parse("Europe/Paris", ["mon", "tue", "wed", "thu", "fri"], "08:00", "12:00")
 MONDAY_0959_PARIS = datetime(2026, 3, 2, 8, 59, tzinfo=UTC)

@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from daemon.engine.planner import plan_run
-from daemon.engine.windows import (
+from daemon.models import ExclusionReason
+from daemon.planning.planner import plan_run
+from daemon.planning.windows import (
     DAYS,
     Window,
     next_opening,
@@ -18,7 +19,6 @@ from daemon.engine.windows import (
     open_until,
     parse_minutes,
 )
-from daemon.models import ExclusionReason
 
 PARIS = "Europe/Paris"
 HOUR = 3600.0

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from daemon.engine.windows import Window, open_micros
 from daemon.models import EndReason, ExclusionReason
+from daemon.planning.windows import Window, open_micros
 
 _MICROSECOND = timedelta(microseconds=1)
 
