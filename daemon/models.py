@@ -23,6 +23,7 @@ class Channel(enum.StrEnum):
 class CampaignStatus(enum.StrEnum):
     DRAFT = "draft"
     LIVE = "live"
+    PAUSED = "paused"  # SPEC §9.1: no call starts; resumed to live
     COMPLETED = "completed"
     STOPPED = "stopped"
 

@@ -229,7 +229,7 @@ def _refusal(target: TriggerTarget, now: datetime) -> Problem | None:
     if target.end_at is None and (target.one_shot_taken or status is CampaignStatus.COMPLETED):
         return problem(409, "campaign_already_triggered",
                        "a one-shot campaign (no end_at) takes a single trigger")
-    if status is not CampaignStatus.LIVE:
+    if status not in (CampaignStatus.LIVE, CampaignStatus.PAUSED):  # paused: the run waits
         return problem(409, "campaign_not_live", f"the campaign is {status.value}")
     return None
 

@@ -118,21 +118,38 @@ class Pacer:
 
     def __init__(self, rate: float, *, margin: float = MARGIN,
                  guard_margin: float = GUARD_MARGIN) -> None:
+        self._margin = margin
+        self._guard_margin = guard_margin
+        self._recent: deque[float] = deque(maxlen=1)
+        self._configure(rate)
+        self._turn = Turn()
+        self._last = float("-inf")  # loop time of the last call
+        self.granted = 0
+
+    def _configure(self, rate: float) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
-        paced = rate / (1.0 + margin)
+        paced = rate / (1.0 + self._margin)
         self._chunk = max(1, round(paced * CHUNK_SECONDS))
         self._pace = _Bucket(paced, BANK_SECONDS, self._chunk)
         self._smooth = _Bucket(paced * CATCH_UP, GRAIN_SECONDS, self._chunk)
         self._slots = 0  # taken from the buckets, not yet handed out
         guard = max(1, math.floor(rate)) if rate <= MAX_GUARDED_RATE else 0
         self._guard_size = guard
-        self._guard_window = guard / rate * (1.0 + guard_margin)
-        self._recent: deque[float] = deque(maxlen=max(1, guard))
-        self._turn = Turn()
-        self._last = float("-inf")  # loop time of the last call
-        self.granted = 0
+        self._guard_window = guard / rate * (1.0 + self._guard_margin)
+        # The calls of the last second are kept across a rate change (the newest ones).
+        self._recent = deque(self._recent, maxlen=max(1, guard))
+
+    def set_rate(self, rate: float) -> None:
+        """Pace at `rate` from now on (SPEC §9.1, a live rate change). The last calls' times
+        are kept, so the sliding-window guard holds the *new* rate for every window that
+        ends at a call from now on: after a decrease the next call waits until the last
+        second holds fewer calls than the new rate (no overshoot); after an increase the
+        buckets restart nearly full, as at a start, and the catch-up bucket smooths them
+        (no burst above 1.3 × the new rate in any 100 ms, none above the rate in any 1 s)."""
+        if rate != self.rate:
+            self._configure(rate)
 
     def turn(self) -> Turn:
         """`async with` it to hold the pacer (first come, first served) while taking the
@@ -150,11 +167,12 @@ class Pacer:
 
     async def window(self) -> None:
         """Wait until a call now keeps every sliding window within the rate (inside `turn`)."""
-        if self._guard_size == 0 or len(self._recent) < self._guard_size:
-            return
         loop = asyncio.get_running_loop()
-        wait = self._recent[0] + self._guard_window - loop.time()
-        if wait > 0:
+        # A loop: the rate may change while this waits (the guard then looks again).
+        while self._guard_size and len(self._recent) >= self._guard_size:
+            wait = self._recent[0] + self._guard_window - loop.time()
+            if wait <= 0:
+                return
             # Pacing on the loop's clock, as aiolimiter does: not a business wait.
             await asyncio.sleep(wait)
 

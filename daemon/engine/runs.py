@@ -21,6 +21,7 @@ from daemon.engine.closing import RunClosing
 from daemon.engine.delivery import RENDER_ERROR, RunExecution, RunState
 from daemon.engine.recording import DB_ERRORS, raise_if_cancelling
 from daemon.engine.starting import RunStarting
+from daemon.engine.steering import Change, Steering
 from daemon.errors import ProviderError, TransientError
 from daemon.infra.logs import get_logger
 from daemon.models import ExclusionReason, RunStatus
@@ -51,6 +52,10 @@ class CampaignRuns(RunClosing, RunStarting):
 
     content_error: str | None
 
+    if TYPE_CHECKING:  # provided by the worker
+        def rate_changed(self, rate: int) -> None:
+            ...
+
     def __init__(self, services: WorkerServices, campaign: Campaign, lease: Lease) -> None:
         self.services = services
         self.campaign = campaign
@@ -59,6 +64,8 @@ class CampaignRuns(RunClosing, RunStarting):
         self.runs: dict[str, RunExecution] = {}
         self.stopping = False
         self.log = log.bind(campaign_id=campaign.id)
+        self.steering = Steering(services.pool, services.clock, services.metrics, campaign,
+                                 self.log)
         self.campaign_variables: dict[str, Any] = {
             "id": campaign.id, "name": campaign.name, "channel": campaign.channel.value}
         self.group: asyncio.TaskGroup | None = None
@@ -111,7 +118,7 @@ class CampaignRuns(RunClosing, RunStarting):
 
     def may_call(self, run: RunExecution) -> bool:
         """Whether a provider call for `run` may start now (checked just before it)."""
-        if self.stopping or run.state is not RunState.ACTIVE:
+        if self.stopping or self.steering.paused or run.state is not RunState.ACTIVE:
             return False
         if not self.lease.valid():
             self.stopping = True  # no call may start any more: the worker ends
@@ -249,6 +256,15 @@ class CampaignRuns(RunClosing, RunStarting):
         """Read the campaign's runs: adopt running ones we do not know (left by a previous
         holder: their claims are dropped, those recipients sent again), queue scheduled
         ones due to start, close cancelled ones."""
+        state = await self.steering.read()
+        change = self.steering.apply(state) if state is not None else Change()
+        if change.rate is not None:
+            self.rate_changed(change.rate)
+        if change.resumed:  # senders go on; due runs start
+            self._start_wake.set()
+            for execution in self.runs.values():
+                self.mark_ready(execution)
+            self.wake_feeder()
         now = self.clock.now()
         rows = await engine_store.campaign_runs(self.services.pool, self.campaign.id, now)
         unknown: list[RunRow] = []
@@ -270,6 +286,8 @@ class CampaignRuns(RunClosing, RunStarting):
                 self._forget(run)
         if unknown:
             await self._resume(unknown)
+        if state is not None and await self.steering.replan_due(self.runs, state.resumed_at):
+            self.wake_feeder()
 
     def _tick(self) -> None:
         now = self.clock.now()

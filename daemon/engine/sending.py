@@ -21,6 +21,7 @@ import structlog
 from daemon.engine import delivery
 from daemon.engine.delivery import RunExecution
 from daemon.engine.pacing import Pacer, ProviderGate
+from daemon.engine.steering import Steering
 from daemon.engine.window_gate import WindowGate
 from daemon.errors import PermanentError, ProviderError, TransientError
 from daemon.infra.clock import Clock
@@ -55,6 +56,7 @@ class ProviderCalls:
     log: structlog.stdlib.BoundLogger
     pacer: Pacer | None
     window_gate: WindowGate | None  # send windows (SPEC §9.2); None: always open
+    steering: Steering  # pause and resume (SPEC §9.1)
     content: CompiledContent | None
     content_error: str | None
     recorder: Recorder
@@ -94,6 +96,7 @@ class ProviderCalls:
         the rate fairly (a run triggered later gets its share at once)."""
         await self.recorder.room(self.sizes.unwritten)
         if self.pacer is None:
+            await self.steering.wait_resumed()
             if self.window_gate is not None:
                 await self.window_gate.wait_open()
             item = await self._take()
@@ -102,6 +105,7 @@ class ProviderCalls:
             call = await self._admit(*item, paced=False)
         else:
             async with self.pacer.turn():
+                await self.steering.wait_resumed()  # paused: the others wait behind this one
                 if self.window_gate is not None:  # closed: the others wait behind this one
                     await self.window_gate.wait_open()
                 item = await self._take()

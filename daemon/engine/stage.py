@@ -44,6 +44,7 @@ from daemon.infra.config import Config
 from daemon.infra.logs import get_logger
 from daemon.store import engine as engine_store
 from daemon.store import leases
+from daemon.store.control import CAMPAIGN_PREFIX
 from daemon.store.engine import RunRow
 from daemon.store.listen import Listener
 
@@ -232,7 +233,14 @@ class Engine:
                 worker.poke()
 
     def _control(self, run_id: str) -> None:
-        """A NOTIFY on the control channel (cancel, stop): the worker holding it re-reads."""
+        """A NOTIFY on the control channel (cancel, stop: a run id; pause, resume, a new
+        rate: `campaign:<id>`): the worker holding it re-reads."""
+        if run_id.startswith(CAMPAIGN_PREFIX):
+            worker = self._workers.get(run_id.removeprefix(CAMPAIGN_PREFIX))
+            if worker is not None:
+                worker.poke()
+            self.scheduler.wake()  # a resumed campaign's due runs
+            return
         for worker in self._workers.values():
             if worker is not None and (run_id in worker.runs or not run_id):
                 worker.poke()

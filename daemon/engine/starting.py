@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from daemon.engine.delivery import RunExecution, RunState
+from daemon.engine.steering import Steering
 from daemon.infra.clock import Clock
 from daemon.models import ExclusionReason
 from daemon.planning import windows
@@ -78,6 +79,7 @@ class RunStarting:
     _sizes: dict[str, int]
     _start_wake: asyncio.Event
     _starting: set[str]
+    steering: Steering
 
     if TYPE_CHECKING:  # provided by the other parts of the worker
         def wake_feeder(self) -> None:
@@ -120,6 +122,9 @@ class RunStarting:
             due = sorted((at, run_id) for run_id, at in self._freeze_at.items()
                          if run_id in self._start_queue)
             ready = [self._start_queue[run_id] for at, run_id in due if at <= now]
+            if ready and self.steering.paused:  # SPEC §9.1: they wait for the resume
+                await self.wait(self._start_wake, None)
+                continue
             if ready and self.campaign.windows:
                 ready = await self._inside_windows(ready)
             if ready:

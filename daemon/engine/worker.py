@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
@@ -160,6 +161,15 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
         except Exception as exc:  # the next holder recovers them (sent then, not lost)
             self.log.warning("worker.release_failed", error=str(exc), count=len(self._unstarted))
 
+    def rate_changed(self, rate: int) -> None:
+        """A live rate change (SPEC §9.1): paced at once at the new rate, sized for it."""
+        self.campaign = dataclasses.replace(self.campaign, rate_per_second=rate)
+        if self.pacer is not None:
+            self.pacer.set_rate(rate)
+        provider = self.services.providers.for_channel(self.campaign.channel)
+        self.sizes = planner.pipeline_sizes(rate, provider.settings.concurrency)
+        self.staff()
+
     # -- recipients in: claims --------------------------------------------------------------
 
     def wake_feeder(self) -> None:
@@ -189,6 +199,10 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
         return sum(run.unrecorded for run in self.runs.values())
 
     async def _fill(self) -> None:
+        async with self.steering.claims:  # never while a re-plan excludes recipients
+            await self._fill_now()
+
+    async def _fill_now(self) -> None:
         room = self.sizes.window - self._unrecorded()
         batch = self.sizes.claim_batch
         low_water = self.sizes.low_water

@@ -44,6 +44,17 @@ class Metrics:
         self.runs_active = Gauge(
             "campaignd_runs_running", "Runs executing on this instance.", registry=self.registry
         )
+        self.replans = Counter(
+            "campaignd_replans_total",
+            "Run re-plans applied on this instance (a resume or a rate change, SPEC §9.1).",
+            registry=self.registry,
+        )
+        self.campaigns = Gauge(
+            "campaignd_campaigns",
+            "Campaigns by status (read from the database at each scrape).",
+            ["status"],
+            registry=self.registry,
+        )
         self.trigger_requests = Counter(
             "campaignd_trigger_requests_total",
             "Trigger requests, by HTTP status.",

@@ -91,6 +91,20 @@ def capacity(rate: int | None, started_at: datetime, deadline: datetime | None) 
     return rate * micros // 1_000_000
 
 
+def replan_capacity(rate: int, now: datetime, deadline: datetime,
+                    windows: Sequence[Window] = ()) -> int:
+    """A re-plan's capacity (SPEC §9.1): `floor(rate × seconds left before the deadline)`,
+    counting only open send-window time when there are windows (SPEC §9.2). The deadline
+    never moves: a pause spends it, and a re-plan after the deadline reaches no one."""
+    if deadline <= now:
+        return 0
+    if windows:
+        return rate * open_micros(windows, now, deadline) // 1_000_000
+    result = capacity(rate, now, deadline)
+    assert result is not None
+    return result
+
+
 def end_reason(excluded: Mapping[str, int], *, cancelled: bool = False,
                failed: bool = False) -> EndReason:
     """SPEC §4.3: `cancelled`, else `time_cap`/`campaign_end` whenever a recipient was

@@ -17,6 +17,9 @@ _COLUMNS = (
 )
 
 
+COLUMNS = _COLUMNS  # for the other campaign modules of the store
+
+
 class CampaignExists(Exception):
     """A campaign with this id exists already."""
 
@@ -160,3 +163,17 @@ async def set_status(
         campaign_id, status.value, now,
     )
     return _record(row)
+
+
+def record_from(row: Record) -> CampaignRecord:
+    """A campaign row (all of `COLUMNS`) as a record."""
+    return _record(row)
+
+
+async def count_by_status(db: Executor) -> dict[CampaignStatus, int]:
+    """How many campaigns are in each status (every status, zero included)."""
+    rows = await db.fetch("SELECT status, count(*) AS n FROM campaigns GROUP BY status")
+    counts = dict.fromkeys(CampaignStatus, 0)
+    for row in rows:
+        counts[CampaignStatus(row["status"])] = int(row["n"])
+    return counts

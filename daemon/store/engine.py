@@ -213,7 +213,8 @@ async def next_due(db: Executor, now: datetime, inline_lead: float) -> datetime 
 async def next_campaign_end(db: Executor) -> datetime | None:
     """The earliest `end_at` of a live campaign."""
     value: datetime | None = await db.fetchval(
-        "SELECT min(end_at) FROM campaigns WHERE status = 'live' AND end_at IS NOT NULL"
+        "SELECT min(end_at) FROM campaigns "
+        "WHERE status IN ('live', 'paused') AND end_at IS NOT NULL"
     )
     return value
 
@@ -223,7 +224,7 @@ async def complete_ended_campaigns(db: Executor, now: datetime) -> list[str]:
     rows = await db.fetch(
         """
         UPDATE campaigns SET status = 'completed', finished_at = end_at, updated_at = $1
-        WHERE status = 'live' AND end_at IS NOT NULL AND end_at <= $1
+        WHERE status IN ('live', 'paused') AND end_at IS NOT NULL AND end_at <= $1
         RETURNING id
         """,
         now,
@@ -380,7 +381,8 @@ WITH done AS (
     DELETE FROM run_claims WHERE run_id = $1 AND EXISTS (SELECT 1 FROM done)
 ), completed AS (
     UPDATE campaigns SET status = 'completed', finished_at = $4, updated_at = $4
-    WHERE id = $5 AND status = 'live' AND end_at IS NULL AND EXISTS (SELECT 1 FROM done)
+    WHERE id = $5 AND status IN ('live', 'paused') AND end_at IS NULL
+      AND EXISTS (SELECT 1 FROM done)
       AND NOT EXISTS (SELECT 1 FROM runs WHERE campaign_id = $5 AND id <> $1
                       AND status IN ('scheduled', 'running'))
     RETURNING id

@@ -58,7 +58,7 @@ _CREATE = f"""
                $8::timestamptz, greatest($8::timestamptz, t.start_at), t.rate_per_second,
                t.end_at IS NULL
         FROM target t
-        WHERE t.status = 'live'
+        WHERE t.status IN ('live', 'paused')
           AND (t.end_at IS NULL OR $8::timestamptz < t.end_at)
           AND NOT (t.end_at IS NULL AND t.one_shot_taken)
           AND ($4 OR (t.run_audience IS NOT NULL AND t.audience_exists))
