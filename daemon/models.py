@@ -31,6 +31,7 @@ class CampaignStatus(enum.StrEnum):
 class RunStatus(enum.StrEnum):
     SCHEDULED = "scheduled"
     RUNNING = "running"
+    PAUSED = "paused"  # reported for a running run of a paused campaign (never stored)
     COMPLETED = "completed"
     CANCELLED = "cancelled"
     FAILED = "failed"

@@ -7,6 +7,7 @@ from aiohttp import web
 from daemon.api import (
     audiences,
     campaigns,
+    control,
     health,
     openapi,
     pools,
@@ -49,5 +50,5 @@ def build_app(ctx: AppContext) -> web.Application:
     return app
 
 
-ROUTE_MODULES = [health, openapi, campaigns, triggers, runs, profiles, audiences, pools,
+ROUTE_MODULES = [health, openapi, campaigns, control, triggers, runs, profiles, audiences, pools,
                  unsubscribe]

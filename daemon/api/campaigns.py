@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.api import campaign_rules
+from daemon.api import campaign_rules, control
 from daemon.api.auth import requires
 from daemon.api.context import context
 from daemon.api.operations import Operation, Reply, json_answer, register
@@ -105,18 +105,28 @@ async def patch(request: web.Request) -> web.Response:
     ctx = context(request)
     identifier = campaign_id(request)
     data = await _body(request)
+    current = await campaigns.get(ctx.pool, identifier)
+    if current is not None and current.status in (CampaignStatus.LIVE, CampaignStatus.PAUSED):
+        return await control.patch_live(ctx, request, current, data)
     parse(CampaignPatch, data, context=campaign_rules.limits(ctx), checked=True)
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        record = await campaigns.get(conn, identifier, for_update=True)
-        if record is None:
-            raise problem(404, detail=_NOT_FOUND)
-        _require_draft(record, "edited")
-        merged = campaign_rules.merge_patch(record, data)
-        body = parse(CampaignCreate, merged, context=campaign_rules.limits(ctx),
-                     checked=True)
-        spec = campaign_rules.spec_from(body, record.id)
-        await campaign_rules.check_pool(conn, spec)
-        updated = await campaigns.update_draft(conn, spec, ctx.clock.now())
+    dry_run = parse_query(control.ControlQuery, request).dry_run
+    async with ctx.pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                record = await campaigns.get(conn, identifier, for_update=True)
+                if record is None:
+                    raise problem(404, detail=_NOT_FOUND)
+                _require_draft(record, "edited")
+                merged = campaign_rules.merge_patch(record, data)
+                body = parse(CampaignCreate, merged, context=campaign_rules.limits(ctx),
+                             checked=True)
+                spec = campaign_rules.spec_from(body, record.id)
+                await campaign_rules.check_pool(conn, spec)
+                updated = await campaigns.update_draft(conn, spec, ctx.clock.now())
+                if dry_run:  # the draft as it would be: nothing written
+                    raise control.Rollback
+        except control.Rollback:
+            return json_answer(campaign_view(updated))
     log.info("campaign.updated", campaign_id=record.id)
     return json_answer(campaign_view(updated))
 
@@ -171,9 +181,10 @@ async def stop(request: web.Request) -> web.Response:
             raise problem(404, detail=_NOT_FOUND)
         if record.status is CampaignStatus.STOPPED:
             return json_answer(campaign_view(record))
-        if record.status is not CampaignStatus.LIVE:
+        if record.status not in (CampaignStatus.LIVE, CampaignStatus.PAUSED):
             raise problem(409, "campaign_not_live",
-                          f"the campaign is {record.status.value}: only a live one can be stopped")
+                          f"the campaign is {record.status.value}: only a live or paused one "
+                          "can be stopped")
         now = ctx.clock.now()
         record = await campaigns.set_status(conn, record.id, CampaignStatus.STOPPED, now)
         cancelled = await runs.cancel_campaign_runs(conn, record.id, now)
@@ -200,8 +211,14 @@ def _operations() -> list[Operation]:
                   query=CampaignListQuery),
         Operation("GET", path, read, "getCampaign", "Read a campaign", "campaigns",
                   {200: campaign}, (404,)),
-        Operation("PATCH", path, patch, "updateCampaign", "Edit a draft campaign", "campaigns",
-                  {200: campaign}, (400, 404, 409, 413, 415, 422), body=CampaignPatch),
+        Operation("PATCH", path, patch, "updateCampaign",
+                  "Edit a draft; on a live or paused campaign, its name and rate only",
+                  "campaigns",
+                  {200: Reply("The campaign; with `dry_run=true` on a live or paused one, the "
+                              "campaign as it would be and the re-plan of each running run.",
+                              control.ControlAnswer)},
+                  (400, 404, 409, 413, 415, 422), body=CampaignPatch,
+                  query=control.ControlQuery),
         Operation("DELETE", path, delete, "deleteCampaign", "Delete a draft campaign",
                   "campaigns", {204: Reply("Deleted.")}, (404, 409)),
         Operation("POST", path + "/activate", activate, "activateCampaign",

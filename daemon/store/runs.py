@@ -18,8 +18,14 @@ EXCLUSION_COLUMNS = (
     "excluded_time_cap", "excluded_campaign_end", "excluded_opted_out", "excluded_no_address",
     "excluded_duplicate", "excluded_cancelled",
 )
+# A running run of a paused campaign reads `paused` (SPEC §9.1; stored as running).
+_STATUS = (
+    "CASE WHEN status = 'running' AND EXISTS (SELECT 1 FROM campaigns pc "
+    "WHERE pc.id = runs.campaign_id AND pc.status = 'paused') THEN 'paused' ELSE status END "
+    "AS status"
+)
 REPORT_COLUMNS = (
-    "id, campaign_id, status, created_at, scheduled_for, started_at, finished_at, "
+    f"id, campaign_id, {_STATUS}, created_at, scheduled_for, started_at, finished_at, "
     "rate_per_second, deadline, end_reason, targeted, sent, failed, pending, "
     + ", ".join(EXCLUSION_COLUMNS)
 )

@@ -176,8 +176,11 @@ async def test_patch_refuses_unknown_fields_and_the_id(api: Api) -> None:
 
 async def test_live_campaign_cannot_be_edited_or_deleted(api: Api) -> None:
     await api.live_campaign()
-    problem = await api.json("PATCH", "/v1/campaigns/spring-sale", 409, json={"name": "x"})
+    # SPEC §9.1: a live campaign takes only its name and rate.
+    problem = await api.json("PATCH", "/v1/campaigns/spring-sale", 409,
+                             json={"name": "x", "content": EMAIL_CONTENT})
     assert problem["code"] == "campaign_not_editable"
+    assert [e["loc"] for e in problem["errors"]] == ["content"]
     problem = await api.json("DELETE", "/v1/campaigns/spring-sale", 409)
     assert problem["code"] == "campaign_not_editable"
 
