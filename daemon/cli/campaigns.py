@@ -1,4 +1,5 @@
-"""`campaignd campaigns create -f FILE | list | show ID | activate ID | stop ID`."""
+"""`campaignd campaigns create -f FILE | list | show ID | activate ID | pause ID | resume ID
+| set-rate ID RATE [--dry-run] | stop ID`."""
 
 from __future__ import annotations
 
@@ -91,8 +92,59 @@ def _transition(action: str, done: str) -> Any:
     return command
 
 
+def _print_replans(replans: list[dict[str, Any]]) -> None:
+    """One line per running run: what its re-plan does (or would do)."""
+    if not replans:
+        print("no running run to re-plan")
+        return
+    print(f"{'RUN':24} {'CAPACITY':>10} {'PENDING':>17} {'EXCLUDED':>17} {'BACK':>8} {'OUT':>8}")
+    for item in replans:
+        before, after = item["before"], item["after"]
+        excluded = (before["excluded"]["time_cap"] + before["excluded"]["campaign_end"],
+                    after["excluded"]["time_cap"] + after["excluded"]["campaign_end"])
+        print(f"{item['run_id']:24} {item['capacity']:>10} "
+              f"{before['pending']:>8}→{after['pending']:<8} "
+              f"{excluded[0]:>8}→{excluded[1]:<8} {item['reinstated']:>8} {item['excluded']:>8}")
+
+
+def _resume(args: argparse.Namespace) -> int:
+    async def work(client: Client) -> int:
+        if args.dry_run:
+            answer = await client.call("POST", _path(args.id, "/resume"),
+                                       params={"dry_run": "true"})
+            print(f"{args.id}: would resume; the re-plan (nothing changed):")
+            _print_replans(answer["replans"])
+            return 0
+        campaign = await client.call("POST", _path(args.id, "/resume"))
+        print(f"{campaign['id']}: resumed (status {campaign['status']})")
+        return 0
+
+    return run(args, work)
+
+
+def _set_rate(args: argparse.Namespace) -> int:
+    if args.rate < 1:
+        fail(f"RATE must be a positive integer, not {args.rate}")
+    body = {"throttle": {"rate_per_second": args.rate}}
+
+    async def work(client: Client) -> int:
+        if args.dry_run:
+            answer = await client.call("PATCH", _path(args.id), body=body,
+                                       params={"dry_run": "true"})
+            print(f"{args.id}: at {args.rate}/s, the re-plan would be (nothing changed):")
+            _print_replans(answer["replans"])
+            return 0
+        campaign = await client.call("PATCH", _path(args.id), body=body)
+        print(f"{campaign['id']}: rate {campaign['throttle']['rate_per_second']}/s "
+              f"(status {campaign['status']}); running runs are re-planned by their daemon")
+        return 0
+
+    return run(args, work)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("campaigns", help="create, list, show, activate and stop campaigns")
+    parser = sub.add_parser("campaigns", help="create, list, show, activate, pause, resume, "
+                            "re-rate and stop campaigns")
     actions = parser.add_subparsers(dest="campaigns_command", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="create a draft campaign from a JSON/TOML file")
     create.add_argument("-f", "--file", type=Path, required=True,
@@ -107,8 +159,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     activate = actions.add_parser("activate", help="draft -> live")
     activate.add_argument("id")
     activate.set_defaults(func=_transition("activate", "activated"))
-    stop = actions.add_parser("stop", help="stop a live campaign and cancel its runs")
+    pause = actions.add_parser("pause", help="live -> paused (no call starts; nothing excluded)")
+    pause.add_argument("id")
+    pause.set_defaults(func=_transition("pause", "paused"))
+    resume = actions.add_parser("resume", help="paused -> live (running runs re-planned)")
+    resume.add_argument("id")
+    resume.add_argument("--dry-run", action="store_true", help="print the re-plan, change nothing")
+    resume.set_defaults(func=_resume)
+    set_rate = actions.add_parser("set-rate", help="change a live or paused campaign's rate")
+    set_rate.add_argument("id")
+    set_rate.add_argument("rate", type=int, metavar="RATE", help="messages per second")
+    set_rate.add_argument("--dry-run", action="store_true",
+                          help="print the re-plan, change nothing")
+    set_rate.set_defaults(func=_set_rate)
+    stop = actions.add_parser("stop", help="stop a live or paused campaign and cancel its runs")
     stop.add_argument("id")
     stop.set_defaults(func=_transition("stop", "stopped"))
-    for command in (create, listing, show, activate, stop):
+    for command in (create, listing, show, activate, pause, resume, set_rate, stop):
         add_client_arguments(command)

@@ -116,3 +116,29 @@ async def test_profiles_import_streams_the_file(
     assert (await api.json("GET", "/v1/audiences/fans", 200))["size"] == 5000
     code, _, err = await cli(api, capsys, "profiles", "import", str(tmp_path / "x.txt"))
     assert code == 1 and "--format" in err
+
+
+async def test_campaigns_pause_resume_and_set_rate(
+    api: Api, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    definition = tmp_path / "campaign.toml"
+    definition.write_text(CAMPAIGN_TOML)
+    assert (await cli(api, capsys, "campaigns", "create", "-f", str(definition)))[0] == 0
+    assert (await cli(api, capsys, "campaigns", "activate", "toml-sale"))[0] == 0
+    code, out, _ = await cli(api, capsys, "campaigns", "pause", "toml-sale")
+    assert (code, out.strip()) == (0, "toml-sale: paused (status paused)")
+    code, out, _ = await cli(api, capsys, "campaigns", "set-rate", "toml-sale", "25",
+                             "--dry-run")
+    assert code == 0
+    assert "nothing changed" in out and "no running run to re-plan" in out
+    code, out, _ = await cli(api, capsys, "campaigns", "set-rate", "toml-sale", "25")
+    assert code == 0 and "rate 25/s (status paused)" in out
+    code, out, _ = await cli(api, capsys, "campaigns", "resume", "toml-sale", "--dry-run")
+    assert code == 0 and "would resume" in out
+    assert (await api.json("GET", "/v1/campaigns/toml-sale", 200))["status"] == "paused"
+    code, out, _ = await cli(api, capsys, "campaigns", "resume", "toml-sale")
+    assert (code, out.strip()) == (0, "toml-sale: resumed (status live)")
+    code, _, err = await cli(api, capsys, "campaigns", "set-rate", "toml-sale", "0")
+    assert code != 0 and "RATE" in err
+    code, _, err = await cli(api, capsys, "campaigns", "set-rate", "toml-sale", "5000")
+    assert code == 1 and "throttle.rate_per_second" in err
