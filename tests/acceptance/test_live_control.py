@@ -135,8 +135,9 @@ async def test_a_rate_change_holds_at_the_gateway_within_a_second(
     assert len(replans) == 2 and {r["rate_per_second"] for r in replans} == {20, 200}
 
 
+@pytest.mark.parametrize("stop", ["sigterm", "kill -9"])
 async def test_a_paused_campaign_stays_paused_across_a_restart(
-    daemon_factory: DaemonFactory, gateway: RemoteGateway
+    daemon_factory: DaemonFactory, gateway: RemoteGateway, stop: str
 ) -> None:
     count = 200
     daemon = daemon_factory(_config(gateway))
@@ -146,7 +147,10 @@ async def test_a_paused_campaign_stays_paused_across_a_restart(
         await gateway.wait_for(20)
         await _post(http, "/v1/campaigns/c1/pause")
     await asyncio.sleep(1.5)
-    assert await daemon.terminate() == 0
+    if stop == "sigterm":
+        assert await daemon.terminate() == 0
+    else:
+        await daemon.kill()
     sent = len(await gateway.arrivals())
     await daemon.start()
     await asyncio.sleep(3.0)
@@ -156,4 +160,34 @@ async def test_a_paused_campaign_stays_paused_across_a_restart(
         await _post(http, "/v1/campaigns/c1/resume")
     final = await _finished(daemon, run_id)
     assert final["counts"]["sent"] == count
-    assert len(await gateway.arrivals()) == count  # a graceful stop: no one twice
+    if stop == "sigterm":
+        assert len(await gateway.arrivals()) == count  # a graceful stop: no one twice
+    else:  # nothing was in flight while paused: no one twice either
+        assert len(await gateway.arrivals()) == count
+
+
+async def test_a_pause_sent_to_another_daemon_reaches_the_lease_holder(
+    daemon_factory: DaemonFactory, gateway: RemoteGateway
+) -> None:
+    first = daemon_factory(_config(gateway))
+    second = daemon_factory(_config(gateway))
+    await first.start()
+    await second.start()
+    async with first.client() as http:
+        run_id = await _launch(http, 400, rate=50)
+    await gateway.wait_for(30)
+    holder, other = (first, second) if first.events("lease.acquired") else (second, first)
+    assert not other.events("lease.acquired")
+    async with other.client(first.admin_token) as http:
+        await _post(http, "/v1/campaigns/c1/pause")
+        paused_at = time.monotonic()
+    await asyncio.sleep(2.0)
+    assert [t for t in await gateway.arrivals() if t > paused_at + 1.0] == []
+    async with other.client(first.admin_token) as http:
+        await _post(http, "/v1/campaigns/c1", method="PATCH",
+                    json={"throttle": {"rate_per_second": 100}})
+        await _post(http, "/v1/campaigns/c1/resume")
+    report = await _finished(other, run_id, token=first.admin_token)
+    assert report["counts"]["sent"] == 400 and report["rate_per_second"] == 100
+    assert holder.events("campaign.paused_here") and holder.events("run.replanned")
+    assert not other.events("campaign.paused_here")
