@@ -212,3 +212,13 @@ async def test_concurrent_controls_leave_one_consistent_state(api: Api) -> None:
     assert row["status"] in ("live", "paused")
     assert (row["paused_at"] is not None) == (row["status"] == "paused")
     assert row["rate_per_second"] in {10 + n for n in range(20) if n % 3 == 2}
+
+
+async def test_metrics_count_campaigns_by_status(api: Api) -> None:
+    await _live(api, throttle={"rate_per_second": 10})
+    await api.json("POST", PATH + "/pause", 200)
+    response = await api.get("/metrics", token=None)
+    text = await response.text()
+    assert 'campaignd_campaigns{status="paused"} 1.0' in text
+    assert 'campaignd_campaigns{status="live"} 0.0' in text
+    assert "campaignd_replans_total 0.0" in text

@@ -142,3 +142,32 @@ def test_the_pipeline_sizes_stay_within_their_bounds(rate: int | None, concurren
 def test_eta() -> None:
     assert planner.eta_seconds(330, 165) == 2.0
     assert planner.eta_seconds(10, None) is None
+
+
+# -- re-plans (SPEC §9.1) -----------------------------------------------------------------------
+
+
+def test_a_replan_counts_the_seconds_left_before_the_unmoved_deadline() -> None:
+    deadline = T0 + timedelta(hours=12)
+    # The worked example of docs/live-control.md: resumed at 11:00 (10 h left) at 100/s.
+    assert planner.replan_capacity(100, T0 + timedelta(hours=2), deadline) == 3_600_000
+    # At 12:00 at 150/s: 9 h left.
+    assert planner.replan_capacity(150, T0 + timedelta(hours=3), deadline) == 4_860_000
+    # Exactly floor(rate × seconds left), to the microsecond.
+    now = deadline - timedelta(seconds=10, microseconds=500_000)
+    assert planner.replan_capacity(3, now, deadline) == 31  # 3 × 10.5 = 31.5
+    assert planner.replan_capacity(3, deadline, deadline) == 0
+    assert planner.replan_capacity(3, deadline + timedelta(seconds=1), deadline) == 0
+
+
+def test_a_replan_with_send_windows_counts_only_open_time() -> None:
+    from daemon.planning.windows import Window
+
+    paris = Window.parse("Europe/Paris", None, "08:00", "20:00")
+    # 2026-03-01 is a Sunday in winter time (UTC+1): 07:00–19:00 UTC open.
+    now = datetime(2026, 3, 1, 18, 0, tzinfo=UTC)  # 19:00 Paris: one open hour left today
+    deadline = now + timedelta(hours=12)  # 06:00 UTC next day: closed by then
+    assert planner.replan_capacity(10, now, deadline, (paris,)) == 10 * 3600
+    closed = datetime(2026, 3, 1, 20, 0, tzinfo=UTC)  # 21:00 Paris: closed until 08:00
+    assert planner.replan_capacity(10, closed, closed + timedelta(hours=10), (paris,)) == 0
+    assert planner.replan_capacity(10, closed, closed + timedelta(hours=12), (paris,)) == 10 * 3600
