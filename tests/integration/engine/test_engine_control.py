@@ -13,6 +13,7 @@ from typing import Any
 
 from daemon.store import Pool
 from daemon.store import control as control_store
+from daemon.store import runs as runs_store
 from tests.integration.engine.conftest import (
     EngineFactory,
     Gateway,
@@ -226,3 +227,26 @@ async def test_a_replan_during_a_chunked_freeze_gives_the_later_chunks_the_new_c
     assert stored is not None
     assert fresh["excluded_time_cap"] == stored["time_cap"]  # the counts are the rows'
     print(f"\nfreezing at the re-plan: {bool(freezing)}; pending {fresh['pending']}")
+
+
+async def test_the_deadline_and_a_cancel_still_end_paused_runs(
+    pool: Pool, gateway: Gateway, start_engine: EngineFactory
+) -> None:
+    await make_campaign(pool, "c1", rate=20)
+    await add_profiles(pool, 300, audience="a1")
+    await start_engine(engine_config(gateway, limits={"time_cap": 4}))
+    first = await trigger(pool, "c1", audience="a1")
+    second = await trigger(pool, "c1", audience="a1")
+    await gateway.wait_for(10)
+    await _pause(pool, "c1")
+    await asyncio.sleep(0.5)
+    assert await runs_store.cancel(pool, second, datetime.now(UTC))  # as the API does
+    # A pause spends the 12-hour clock: the deadline (4 s) ends the paused run.
+    ended = await wait_run_status(pool, first, timeout=15)
+    assert (ended["status"], ended["end_reason"]) == ("completed", "time_cap")
+    assert ended["pending"] == 0 and ended["excluded_time_cap"] > 0
+    assert_counts_add_up(ended)
+    cancelled = await wait_run_status(pool, second, timeout=15)
+    assert (cancelled["status"], cancelled["end_reason"]) == ("cancelled", "cancelled")
+    assert cancelled["excluded_cancelled"] > 0
+    assert_counts_add_up(cancelled)
