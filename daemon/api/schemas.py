@@ -36,7 +36,7 @@ from daemon.api.fields import (
 )
 from daemon.api.validation import LIST, ONE
 from daemon.models import CampaignStatus, Channel, EndReason, RecipientStatus, RunStatus
-from daemon.planning.windows import DAYS, parse_minutes
+from daemon.planning.windows import DAY_SECONDS, DAYS, parse_clock
 from daemon.templates import is_template
 
 # -- errors -------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ Content = Annotated[dict[str, Any], _CONTENT_SCHEMA]
 
 
 DayName = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-ClockTime = Annotated[str, Field(pattern=r"^\d\d:\d\d$", examples=["08:00"])]
+ClockTime = Annotated[str, Field(pattern=r"^\d\d:\d\d(:\d\d)?$", examples=["08:00"])]
 
 
 class SendWindow(RequestModel):
@@ -134,8 +134,9 @@ class SendWindow(RequestModel):
     days: list[DayName] | None = Field(
         default=None, min_length=1, max_length=7,
         description="Days open (`mon`..`sun`); absent: every day.")
-    from_: ClockTime = Field(alias="from", description="Opening, `HH:MM`.")
-    to: ClockTime = Field(description="Closing, `HH:MM` (up to `24:00`), after `from`.")
+    from_: ClockTime = Field(alias="from", description="Opening, `HH:MM` (or `HH:MM:SS`).")
+    to: ClockTime = Field(description="Closing, `HH:MM` or `HH:MM:SS` (up to `24:00`), after "
+                                      "`from`.")
 
     @field_validator("timezone")
     @classmethod
@@ -149,11 +150,11 @@ class SendWindow(RequestModel):
     @field_validator("from_", "to")
     @classmethod
     def _clock(cls, value: str, info: ValidationInfo) -> str:
-        minutes = parse_minutes(value)
+        seconds = parse_clock(value)
         opening = info.data.get("from_")
-        if info.field_name == "to" and opening is not None and minutes <= parse_minutes(opening):
+        if info.field_name == "to" and opening is not None and seconds <= parse_clock(opening):
             raise ValueError(f"must be later than from ({opening})")
-        if info.field_name == "from_" and minutes == 24 * 60:
+        if info.field_name == "from_" and seconds == DAY_SECONDS:
             raise ValueError("24:00 is the end of a day, not an opening")
         return value
 

@@ -17,6 +17,7 @@ from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
+DAY_SECONDS = 24 * 3600
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HOUR = timedelta(hours=1)
 _SECOND = timedelta(seconds=1)
@@ -30,13 +31,13 @@ Interval = tuple[datetime, datetime]
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """One weekly window: `days` (0 = Monday), local `start` and `end` minutes of the day
-    (`end` may be 1440, the end of the day), in `zone`."""
+    """One weekly window: `days` (0 = Monday), local `start` and `end` seconds of the day
+    (`end` may be 86400, the end of the day), in `zone`."""
 
     zone: ZoneInfo
     days: frozenset[int]
-    start: int  # minutes after local midnight
-    end: int  # minutes after local midnight, > start, at most 1440
+    start: int  # seconds after local midnight
+    end: int  # seconds after local midnight, > start, at most 86400
 
     @classmethod
     def parse(cls, timezone_name: str, days: Sequence[str] | None, start: str, end: str
@@ -44,7 +45,7 @@ class Window:
         """A window from its JSON fields (validated by the API before)."""
         chosen = DAYS if days is None else days
         return cls(ZoneInfo(timezone_name), frozenset(DAYS.index(d) for d in chosen),
-                   parse_minutes(start), parse_minutes(end))
+                   parse_clock(start), parse_clock(end))
 
 
 def from_stored(stored: Sequence[Mapping[str, Any]] | None) -> tuple[Window, ...]:
@@ -54,14 +55,15 @@ def from_stored(stored: Sequence[Mapping[str, Any]] | None) -> tuple[Window, ...
     return tuple(Window.parse(w["timezone"], w.get("days"), w["from"], w["to"]) for w in stored)
 
 
-def parse_minutes(text: str) -> int:
-    """`HH:MM` (00:00 to 24:00) as minutes after midnight; ValueError otherwise."""
-    hours, sep, minutes = text.partition(":")
-    if not (sep and len(hours) == 2 and len(minutes) == 2 and hours.isdigit()
-            and minutes.isdigit()):
-        raise ValueError(f"{text!r} is not HH:MM")
-    value = int(hours) * 60 + int(minutes)
-    if int(minutes) > 59 or value > 24 * 60:
+def parse_clock(text: str) -> int:
+    """`HH:MM` or `HH:MM:SS` (00:00 to 24:00) as seconds after midnight; ValueError
+    otherwise. (Seconds let an operator, or a test, open a window for a few seconds.)"""
+    parts = text.split(":")
+    if not (len(parts) in (2, 3) and all(len(p) == 2 and p.isdigit() for p in parts)):
+        raise ValueError(f"{text!r} is not HH:MM (or HH:MM:SS)")
+    hours, minutes, seconds = (int(p) for p in (*parts, "00")[:3])
+    value = hours * 3600 + minutes * 60 + seconds
+    if minutes > 59 or seconds > 59 or value > DAY_SECONDS:
         raise ValueError(f"{text!r} is not a time of day (00:00 to 24:00)")
     return value
 
@@ -129,8 +131,8 @@ def _day_intervals(window: Window, day: date) -> list[Interval]:
     for a, b, offset in _segments(zone, day_start, day_end):
         # In a segment the offset is constant: local = utc + offset, monotone.
         local_day = datetime.combine(day, time(), tzinfo=UTC)
-        lo = local_day + timedelta(minutes=window.start) - offset
-        hi = local_day + timedelta(minutes=window.end) - offset
+        lo = local_day + timedelta(seconds=window.start) - offset
+        hi = local_day + timedelta(seconds=window.end) - offset
         lo, hi = max(lo, a), min(hi, b)
         if lo < hi:
             result.append((lo, hi))

@@ -17,7 +17,7 @@ from daemon.planning.windows import (
     open_intervals,
     open_seconds,
     open_until,
-    parse_minutes,
+    parse_clock,
 )
 
 PARIS = "Europe/Paris"
@@ -136,10 +136,17 @@ class TestWeeks:
         assert next_opening([never], utc(2026, 12, 7)) is None
 
 
-@pytest.mark.parametrize("text", ["8:00", "24:01", "12:60", "ab:cd", "1200", "-1:00"])
+@pytest.mark.parametrize("text", ["8:00", "24:01", "12:60", "ab:cd", "1200", "-1:00",
+                                  "12:00:60", "24:00:01", "12:00:0", "12:00:00:00"])
 def test_bad_times_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
-        parse_minutes(text)
+        parse_clock(text)
+
+
+def test_times_of_day_are_seconds_after_midnight() -> None:
+    assert parse_clock("08:30") == 8 * 3600 + 30 * 60
+    assert parse_clock("08:30:15") == 8 * 3600 + 30 * 60 + 15
+    assert parse_clock("24:00") == parse_clock("24:00:00") == 86400
 
 
 def test_the_capacity_counts_only_open_time() -> None:
