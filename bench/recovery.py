@@ -68,8 +68,8 @@ async def bench(options: Options) -> dict[str, Any]:
         "duplicates": len(keys) - distinct,
         # SPEC §3.4's bound: the calls in flight (the provider's concurrency).
         "duplicate_bound_calls_in_flight": CONCURRENCY,
-        # The engine's own bound (README "Guarantees"): the calls in flight plus the outcomes
-        # sent but not yet recorded, from its `worker.started` line.
+        # The engine's own bound (docs/engine.md, "Guarantees"): the calls in flight plus
+        # the outcomes sent but not yet recorded, from its `worker.started` line.
         "duplicate_bound": started[0].get("duplicate_bound") if started else None,
         "claim_window": started[0].get("window") if started else None,
         "lost": count - distinct,

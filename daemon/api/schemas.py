@@ -54,7 +54,7 @@ class ProblemBody(ResponseModel):
     title: str
     status: int
     detail: str
-    code: str = Field(description="Stable machine code: see the error table in the README.")
+    code: str = Field(description="Stable machine code: see the error table in docs/api.md.")
     errors: list[ProblemFieldError]
 
 

@@ -1,6 +1,6 @@
 """structlog set-up: one JSON object per line on stdout, stdlib loggers included.
 
-Events are named `noun.verb` (catalog in the README). Context such as
+Events are named `noun.verb` (catalog in docs/operations.md). Context such as
 `campaign_id`/`run_id` is bound with `structlog.contextvars` or `log.bind()`.
 """
 
