@@ -164,3 +164,13 @@ def test_without_windows_the_capacity_is_unchanged() -> None:
     start = utc(2026, 12, 7, 17, 0)
     plan = plan_run(scheduled_for=start, now=start, rate=10, time_cap=12 * HOUR, end_at=None)
     assert plan.capacity == 10 * 12 * 3600
+
+
+def test_the_seed_example_a_day_window_and_the_twelve_hours() -> None:
+    # 09:00 trigger, window 08:00-20:00, 165/s, 10,000,000 recipients (docs/windows.md).
+    day = window("08:00", "20:00")
+    start = datetime(2026, 12, 8, 9, 0, tzinfo=ZoneInfo(PARIS)).astimezone(UTC)
+    plan = plan_run(scheduled_for=start, now=start, rate=165, time_cap=12 * HOUR,
+                    end_at=None, windows=[day])
+    assert plan.capacity == 6_534_000  # 11 h open before the 21:00 deadline
+    assert 10_000_000 - plan.capacity == 3_466_000
