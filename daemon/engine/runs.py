@@ -45,6 +45,7 @@ MIN_READ_INTERVAL = 0.025  # a burst of pokes (triggers) makes one read per inte
 PROGRESS_EVERY = 10.0  # run.progress period
 IDLE_EXIT = 2.0  # a worker with nothing to do for this long ends (and frees its lease)
 DB_RETRY_MAX = 5.0
+MAX_POOL_DEMAND = 2000  # an unthrottled pooled campaign asks for this (limits' highest rate)
 
 
 class CampaignRuns(RunClosing, RunStarting):
@@ -251,6 +252,7 @@ class CampaignRuns(RunClosing, RunStarting):
         run.state = RunState.ACTIVE
         run.started_mono = self.clock.monotonic()
         self.mark_ready(run)
+        self._publish_demand()
 
     async def _refresh(self) -> None:
         """Read the campaign's runs: adopt running ones we do not know (left by a previous
@@ -308,6 +310,19 @@ class CampaignRuns(RunClosing, RunStarting):
                 self._progress(run, mono)
             pending += run.counts.get("pending", 0)
         self.services.metrics.pending.labels(self.campaign.id).set(pending)
+        self._publish_demand()
+
+    def _publish_demand(self) -> None:
+        """A pooled campaign's demand on this daemon (SPEC §9.3): its own rate (or the
+        pool's: the most a daemon may ask) while it has a run sending, else 0."""
+        pool = self.campaign.rate_pool
+        shares = self.services.pool_shares
+        if pool is None or shares is None:
+            return
+        sending = not self.steering.paused and any(
+            run.state is RunState.ACTIVE for run in self.runs.values())
+        rate = self.campaign.rate_per_second or MAX_POOL_DEMAND
+        shares.set_demand(pool, self.campaign.id, float(rate) if sending else 0.0)
 
     def _progress(self, run: RunExecution, mono: float) -> None:
         achieved = (run.calls - run.progress_calls) / max(mono - run.progress_at, 1e-9)

@@ -21,6 +21,7 @@ import structlog
 from daemon.engine import delivery
 from daemon.engine.delivery import RunExecution
 from daemon.engine.pacing import Pacer, ProviderGate
+from daemon.engine.pool_shares import PoolGate
 from daemon.engine.steering import Steering
 from daemon.engine.window_gate import WindowGate
 from daemon.errors import PermanentError, ProviderError, TransientError
@@ -57,6 +58,7 @@ class ProviderCalls:
     pacer: Pacer | None
     window_gate: WindowGate | None  # send windows (SPEC §9.2); None: always open
     steering: Steering  # pause and resume (SPEC §9.1)
+    pool_gate: PoolGate | None  # the rate pool's share on this daemon (SPEC §9.3)
     content: CompiledContent | None
     content_error: str | None
     recorder: Recorder
@@ -102,6 +104,12 @@ class ProviderCalls:
             item = await self._take()
             if item is None:
                 return False
+            if self.pool_gate is not None:  # an unthrottled campaign of a pool
+                try:
+                    await self.pool_gate.slot()
+                except BaseException:
+                    self._give_back(*item)
+                    raise
             call = await self._admit(*item, paced=False)
         else:
             async with self.pacer.turn():
@@ -113,6 +121,8 @@ class ProviderCalls:
                     return False
                 try:
                     await self.pacer.token()
+                    if self.pool_gate is not None:  # the pool's share on this daemon too
+                        await self.pool_gate.slot()
                 except BaseException:
                     self._give_back(*item)
                     raise
@@ -163,8 +173,9 @@ class ProviderCalls:
                 assert self.pacer is not None
                 await self.pacer.window()
             # The last check, window included: no await from here to the call.
-            admitted = self.may_call(run) and (self.window_gate is None
-                                               or self.window_gate.open_now())
+            admitted = self.may_call(run) and (
+                self.window_gate is None or self.window_gate.open_now()) and (
+                self.pool_gate is None or self.pool_gate.valid())
             if admitted and paced:
                 assert self.pacer is not None
                 self.pacer.record()

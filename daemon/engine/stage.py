@@ -36,6 +36,7 @@ from typing import IO, TYPE_CHECKING
 from daemon import unsubscribe
 from daemon.engine.delivery import DeliverySettings
 from daemon.engine.pacing import Pacer, ProviderGates
+from daemon.engine.pool_shares import PoolShares
 from daemon.engine.recording import DB_ERRORS, raise_if_cancelling
 from daemon.engine.scheduler import Scheduler
 from daemon.engine.state import ProviderSource, WorkerServices
@@ -47,6 +48,7 @@ from daemon.store import leases
 from daemon.store.control import CAMPAIGN_PREFIX
 from daemon.store.engine import RunRow
 from daemon.store.listen import Listener
+from daemon.store.pools import POOLS_CHANNEL
 
 if TYPE_CHECKING:
     from daemon.api.context import AppContext
@@ -145,6 +147,8 @@ class Engine:
             unsubscribe_key=await unsubscribe.load_key(self.ctx.pool),
             checkpoint_interval=config.engine.checkpoint_interval,
             time_cap=config.limits.time_cap,
+            pool_shares=PoolShares(self.ctx.pool, self.clock, self.holder, self.lease_ttl,
+                                   log.bind(holder=self.holder)),
         )
         await self._reclaim()
         self.ctx.services[SERVICE_NAME] = self
@@ -209,9 +213,12 @@ class Engine:
     # -- supervision ------------------------------------------------------------------------
 
     async def _supervise(self) -> None:
+        assert self.services is not None and self.services.pool_shares is not None
+        shares = self.services.pool_shares
         listener = Listener(
             self.ctx.pool, self.clock,
-            {RUNS_CHANNEL: self.scheduler.run_created, CONTROL_CHANNEL: self._control},
+            {RUNS_CHANNEL: self.scheduler.run_created, CONTROL_CHANNEL: self._control,
+             POOLS_CHANNEL: shares.notified},
             on_connect=self._reconnected,
         )
         async with asyncio.TaskGroup() as group:
@@ -220,11 +227,13 @@ class Engine:
                 group.create_task(listener.run(), name="engine.listener"),
                 group.create_task(self.scheduler.run(), name="engine.scheduler"),
                 group.create_task(self._heartbeat(), name="engine.heartbeat"),
+                group.create_task(shares.run(), name="engine.pools"),
             ]
             await self._stop.wait()
             for task in background:
                 task.cancel()
         self._group = None
+        await shares.close()  # every worker has ended: our shares go back to the others
 
     def _reconnected(self) -> None:
         self.scheduler.wake()

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from daemon.engine.delivery import DeliverySettings
 from daemon.engine.pacing import ProviderGates
+from daemon.engine.pool_shares import PoolShares
 from daemon.infra.clock import Clock
 from daemon.infra.metrics import Metrics
 from daemon.models import Channel
@@ -46,6 +47,7 @@ class WorkerServices:
     unsubscribe_key: bytes | None
     checkpoint_interval: float
     time_cap: float
+    pool_shares: PoolShares | None = None  # this daemon's side of the rate pools
     # Compiled templates by (channel, content): campaigns sharing a content compile it once.
     compiled: dict[tuple[str, str], CompiledContent | str] = field(default_factory=dict)
 

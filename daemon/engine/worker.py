@@ -52,6 +52,9 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
         open_windows = windows.from_stored(campaign.windows)
         self.window_gate = (WindowGate(open_windows, services.clock, self.log)
                             if open_windows else None)
+        shares = services.pool_shares
+        self.pool_gate = (shares.gate(campaign.rate_pool)
+                          if campaign.rate_pool is not None and shares is not None else None)
         self.recorder = Recorder(
             services.pool, services.clock, interval=services.checkpoint_interval,
             batch_size=self.sizes.flush_batch, on_flushed=self._on_flushed,
@@ -100,6 +103,8 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
             self.recorder.stop()
             await self._bounded(recorder, max(1.0, deadline - self.clock.monotonic()), force)
         await self._release_unstarted()
+        if self.pool_gate is not None and self.services.pool_shares is not None:
+            self.services.pool_shares.drop(self.pool_gate.name, self.campaign.id)
         if self._abandoned:
             self.log.warning("worker.calls_abandoned", count=self._abandoned)
         self.log.info("worker.stopped")

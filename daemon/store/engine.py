@@ -32,6 +32,7 @@ class Campaign:
     status: str
     audience_id: str | None
     windows: list[dict[str, Any]] | None = None  # send windows as stored (None: always open)
+    rate_pool: str | None = None  # the rate pool it shares a limit with (SPEC §9.3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,7 @@ def excluded_of(counts: dict[str, int]) -> dict[str, int]:
 
 
 _CAMPAIGN_COLUMNS = ("c.id, c.name, c.channel, c.content, c.rate_per_second, c.start_at, "
-                     "c.end_at, c.status, c.audience_id, c.send_windows")
+                     "c.end_at, c.status, c.audience_id, c.send_windows, c.rate_pool")
 
 
 async def load_campaign(db: Executor, campaign_id: str) -> Campaign | None:
@@ -105,6 +106,7 @@ def _campaign(row: Record) -> Campaign:
         id=row["id"], name=row["name"], channel=Channel(row["channel"]), content=row["content"],
         rate_per_second=row["rate_per_second"], start_at=row["start_at"], end_at=row["end_at"],
         status=row["status"], audience_id=row["audience_id"], windows=row["send_windows"],
+        rate_pool=row["rate_pool"],
     )
 
 

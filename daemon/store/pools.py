@@ -196,15 +196,27 @@ written AS (
         expires_at = EXCLUDED.expires_at
     RETURNING granted
 )
-SELECT (SELECT granted FROM written) AS granted, (SELECT rate FROM pool) AS rate
+SELECT (SELECT granted FROM written) AS granted, (SELECT rate FROM pool) AS rate,
+       (SELECT coalesce(target, 0) FROM plan) AS target
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """What a share statement gave: calls/s to spend, the pool's rate, the fair target."""
+
+    granted: float
+    rate: float
+    target: float  # demand × min(1, rate / Σ demand): granted once the others gave it up
 
 
 async def share(db: Pool, pool: str, holder: str, demand: float, ttl: float,
                 members: dict[str, float] | None = None,
-                release_seconds: float = RELEASE_SECONDS) -> tuple[float, float] | None:
+                release_seconds: float = RELEASE_SECONDS, *,
+                notify: bool = False) -> Granted | None:
     """Publish `holder`'s demand on `pool` and take its share (see the module docstring):
-    (granted calls/s, the pool's rate), or None when the pool no longer exists.
+    what was granted, or None when the pool no longer exists. With `notify`, the pool's
+    other holders are told to look again (our demand changed).
 
     After a decrease the caller must lower its local rate at once; after an increase it may
     raise it (the transaction has committed, so the capacity is written as ours)."""
@@ -217,8 +229,10 @@ async def share(db: Pool, pool: str, holder: str, demand: float, ttl: float,
             return None
         row = await conn.fetchrow(_SHARE, pool, holder, max(0.0, demand), ttl,
                                   members or {}, release_seconds)
+        if notify:
+            await conn.execute("SELECT pg_notify($1, $2)", POOLS_CHANNEL, pool)
     assert row is not None
-    return float(row["granted"]), float(row["rate"])
+    return Granted(float(row["granted"]), float(row["rate"]), float(row["target"]))
 
 
 async def leave(db: Executor, holder: str, pools: list[str] | None = None) -> None:

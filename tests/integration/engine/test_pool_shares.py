@@ -27,7 +27,7 @@ async def spent_bound(pool: Pool, name: str) -> float:
 async def take(pool: Pool, holder: str, demand: float, *, ttl: float = TTL) -> float:
     result = await pools.share(pool, "lp", holder, demand, ttl, release_seconds=SHORT)
     assert result is not None
-    return result[0]
+    return result.granted
 
 
 @pytest.fixture

@@ -1,0 +1,176 @@
+"""This daemon's side of the rate pools (SPEC §9.3): publish demand, take a share, pace by it.
+
+One `PoolShares` per engine (an owned task, `engine.pools`). For each pool that a campaign
+executing here names, it publishes the pool's demand on this daemon (each pooled campaign's
+own rate, or the pool's, while it has something to send; 0 otherwise) with
+`store.pools.share`, and paces every call of the pool's campaigns here through one
+`PoolGate` at the share granted. It renews every `lease_ttl / 4`, at once when a demand
+changes or a pool's NOTIFY comes (a rate change, another daemon's new demand), and every
+1.3 s while it holds less than its fair target (capacity another daemon gave up is free only
+1.25 s after, see `store/pools.py`).
+
+The invariant is the store's: a holder spends at most its `granted`, lowered locally as soon
+as the statement returns and raised only after it committed; so the pool's total never
+exceeds its rate. Like a lease, a share is relied on only until `lease_ttl − max(1 s,
+ttl/3)` after its last successful renewal: a daemon cut off from the database stops
+spending before its row expires and its share goes to the others. A campaign that ends
+here, and the daemon at its stop, give their share back (`leave`: released for a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+
+import structlog
+
+from daemon.engine.pacing import Pacer
+from daemon.engine.recording import DB_ERRORS, raise_if_cancelling
+from daemon.infra.clock import Clock
+from daemon.store import Pool
+from daemon.store import pools as pool_store
+
+CONVERGE_EVERY = pool_store.RELEASE_SECONDS + 0.05  # while below the fair target
+
+
+class PoolGate:
+    """Calls of a pool's campaigns on this daemon: at most the granted share per second."""
+
+    def __init__(self, name: str, clock: Clock) -> None:
+        self.name = name
+        self.clock = clock
+        self.granted = 0.0
+        self.pool_rate: float | None = None
+        self.valid_until = float("-inf")  # monotonic
+        self._pacer: Pacer | None = None
+        self._granted = asyncio.Event()
+
+    def grant(self, granted: float, valid_until: float) -> None:
+        self.valid_until = valid_until
+        self.granted = granted
+        if granted <= 0:
+            self._granted.clear()
+            return
+        if self._pacer is None:
+            self._pacer = Pacer(granted)
+        else:
+            self._pacer.set_rate(granted)
+        self._granted.set()
+
+    def revoke(self) -> None:
+        self.grant(0.0, float("-inf"))
+
+    def valid(self) -> bool:
+        """Whether a call of the pool may start now (the last check before it)."""
+        return self.granted > 0 and self.clock.monotonic() < self.valid_until
+
+    async def slot(self) -> None:
+        """Wait for a share, then for the pool's next slot here."""
+        while not self.valid():
+            self._granted.clear()
+            await self._granted.wait()
+        assert self._pacer is not None
+        await self._pacer.acquire()
+
+
+class PoolShares:
+    """Every pool this daemon's campaigns name: demand published, share taken and applied."""
+
+    def __init__(self, db: Pool, clock: Clock, holder: str, ttl: float,
+                 log: structlog.stdlib.BoundLogger) -> None:
+        self.db = db
+        self.clock = clock
+        self.holder = holder
+        self.ttl = ttl
+        self.margin = min(max(1.0, ttl / 3), ttl / 2)
+        self.log = log
+        self.gates: dict[str, PoolGate] = {}
+        self._demands: dict[str, dict[str, float]] = {}  # pool -> campaign -> demand
+        self._published: dict[str, float] = {}
+        self._leaving: set[str] = set()
+        self._wake = asyncio.Event()
+        self._converging = False
+
+    def gate(self, pool: str) -> PoolGate:
+        gate = self.gates.get(pool)
+        if gate is None:
+            gate = self.gates[pool] = PoolGate(pool, self.clock)
+        return gate
+
+    def set_demand(self, pool: str, campaign_id: str, demand: float) -> None:
+        members = self._demands.setdefault(pool, {})
+        self._leaving.discard(pool)
+        if members.get(campaign_id) != demand:
+            members[campaign_id] = demand
+            self._wake.set()
+
+    def drop(self, pool: str, campaign_id: str) -> None:
+        """The campaign's worker here ended: its demand goes (the pool's, if it was the last)."""
+        members = self._demands.get(pool)
+        if members is None or campaign_id not in members:
+            return
+        del members[campaign_id]
+        if not members:
+            del self._demands[pool]
+            self._published.pop(pool, None)
+            self._leaving.add(pool)
+            self.gate(pool).revoke()
+        self._wake.set()
+
+    def notified(self, pool: str) -> None:
+        """A pool's NOTIFY (its rate changed, another daemon's demand changed)."""
+        if pool in self._demands:
+            self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            interval = CONVERGE_EVERY if self._converging else self.ttl / 4
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self.renew()
+
+    async def renew(self) -> None:
+        converging = False
+        for pool, members in list(self._demands.items()):
+            demand = sum(members.values())
+            changed = self._published.get(pool) != demand
+            since = self.clock.monotonic()
+            try:
+                answer = await pool_store.share(self.db, pool, self.holder, demand, self.ttl,
+                                                members, notify=changed)
+            except DB_ERRORS as exc:
+                raise_if_cancelling(exc)
+                self.log.warning("pool.share_failed", pool=pool, error=str(exc))
+                continue  # the gate stops by itself when its share is no longer sure
+            gate = self.gate(pool)
+            if answer is None:  # the pool was deleted under us
+                gate.revoke()
+                continue
+            before = gate.granted
+            gate.pool_rate = answer.rate
+            gate.grant(answer.granted, since + self.ttl - self.margin)
+            self._published[pool] = demand
+            if answer.granted + 1e-6 < answer.target:
+                converging = True
+            if not math.isclose(before, answer.granted, rel_tol=0.01, abs_tol=0.01):
+                self.log.info("pool.share_changed", pool=pool, granted=round(answer.granted, 3),
+                              demand=demand, target=round(answer.target, 3),
+                              pool_rate=answer.rate)
+        self._converging = converging
+        if self._leaving:
+            leaving, self._leaving = sorted(self._leaving), set()
+            try:
+                await pool_store.leave(self.db, self.holder, leaving)
+            except DB_ERRORS as exc:
+                raise_if_cancelling(exc)
+                self._leaving.update(leaving)  # next time; meanwhile the rows expire
+
+    async def close(self) -> None:
+        """At the daemon's stop: every share given back (released for a second)."""
+        for gate in self.gates.values():
+            gate.revoke()
+        with contextlib.suppress(*DB_ERRORS):
+            await pool_store.leave(self.db, self.holder)
