@@ -407,6 +407,12 @@ class SendWindowState(ResponseModel):
     timezone: str = Field(description="The (first) window's zone, to show times in.")
 
 
+class RunPool(ResponseModel):
+    name: str
+    share_per_second: float = Field(description="Calls/s the campaign may spend now, over "
+                                                "every daemon (0 while none holds a share).")
+
+
 class RunReport(ResponseModel):
     id: str
     campaign_id: str
@@ -421,6 +427,9 @@ class RunReport(ResponseModel):
     counts: Counts
     send_window: SendWindowState | None = Field(
         default=None, description="With send windows, in a run's own report: open or not now.")
+    pool: RunPool | None = Field(
+        default=None, description="A pooled campaign's run, in its own report: the pool and "
+                                  "the campaign's current share of it.")
 
 
 class RunPage(ResponseModel):

@@ -66,7 +66,17 @@ def run_view(row: Record, *, now: datetime | None = None) -> dict[str, Any]:
         "counts": counts_view(row),
         "send_window": (send_window_view(row["send_windows"], now, row["status"])
                         if now is not None else None),
+        "pool": pool_view(row) if now is not None else None,
     }
+
+
+def pool_view(row: Record) -> dict[str, Any] | None:
+    """SPEC §9.3 in a run's report: its campaign's pool and current share of it."""
+    name = row["rate_pool"]
+    if name is None:
+        return None
+    share = row["pool_share"]
+    return {"name": name, "share_per_second": round(float(share), 3) if share else 0.0}
 
 
 def send_window_view(stored: list[dict[str, Any]] | None, now: datetime, status: str

@@ -117,9 +117,13 @@ class Pacer:
     """Evenly spaced call slots at `rate` per second (see the module docstring)."""
 
     def __init__(self, rate: float, *, margin: float = MARGIN,
-                 guard_margin: float = GUARD_MARGIN) -> None:
+                 guard_margin: float = GUARD_MARGIN, whole_seconds: bool = False) -> None:
         self._margin = margin
         self._guard_margin = guard_margin
+        # A share of a pool (fractional, summed with other daemons' shares): the guard holds
+        # floor(rate) calls per whole second (one call per 1/rate s below 1/s), so that the
+        # shares' sum, not only each share, stays within the pool in every 1 s window.
+        self._whole_seconds = whole_seconds
         self._recent: deque[float] = deque(maxlen=1)
         self._configure(rate)
         self._turn = Turn()
@@ -138,6 +142,8 @@ class Pacer:
         guard = max(1, math.floor(rate)) if rate <= MAX_GUARDED_RATE else 0
         self._guard_size = guard
         self._guard_window = guard / rate * (1.0 + self._guard_margin)
+        if self._whole_seconds and rate >= 1:
+            self._guard_window = 1.0 + self._guard_margin
         # The calls of the last second are kept across a rate change (the newest ones).
         self._recent = deque(self._recent, maxlen=max(1, guard))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections.abc import Callable
 
 import structlog
 
@@ -53,7 +54,7 @@ class PoolGate:
             self._granted.clear()
             return
         if self._pacer is None:
-            self._pacer = Pacer(granted)
+            self._pacer = Pacer(granted, whole_seconds=True)
         else:
             self._pacer.set_rate(granted)
         self._granted.set()
@@ -91,6 +92,9 @@ class PoolShares:
         self._leaving: set[str] = set()
         self._wake = asyncio.Event()
         self._converging = False
+        # Told when a pool's share here changed (the engine pokes its campaigns' workers,
+        # which re-plan their runs for it).
+        self.on_change: Callable[[str], None] | None = None
 
     def gate(self, pool: str) -> PoolGate:
         gate = self.gates.get(pool)
@@ -117,6 +121,16 @@ class PoolShares:
             self._leaving.add(pool)
             self.gate(pool).revoke()
         self._wake.set()
+
+    def share_of(self, pool: str, campaign_id: str) -> float | None:
+        """The campaign's part of this daemon's share of the pool (calls/s), None while no
+        share is held: the pool's share split in proportion to the campaigns' demands."""
+        gate = self.gates.get(pool)
+        members = self._demands.get(pool, {})
+        demand = sum(members.values())
+        if gate is None or not gate.valid() or demand <= 0 or campaign_id not in members:
+            return None
+        return gate.granted * members[campaign_id] / demand
 
     def notified(self, pool: str) -> None:
         """A pool's NOTIFY (its rate changed, another daemon's demand changed)."""
@@ -156,6 +170,8 @@ class PoolShares:
             if answer.granted + 1e-6 < answer.target:
                 converging = True
             if not math.isclose(before, answer.granted, rel_tol=0.01, abs_tol=0.01):
+                if self.on_change is not None:
+                    self.on_change(pool)
                 self.log.info("pool.share_changed", pool=pool, granted=round(answer.granted, 3),
                               demand=demand, target=round(answer.target, 3),
                               pool_rate=answer.rate)

@@ -66,7 +66,7 @@ class CampaignRuns(RunClosing, RunStarting):
         self.stopping = False
         self.log = log.bind(campaign_id=campaign.id)
         self.steering = Steering(services.pool, services.clock, services.metrics, campaign,
-                                 self.log)
+                                 self.log, services.pool_shares)
         self.campaign_variables: dict[str, Any] = {
             "id": campaign.id, "name": campaign.name, "channel": campaign.channel.value}
         self.group: asyncio.TaskGroup | None = None

@@ -215,6 +215,7 @@ class Engine:
     async def _supervise(self) -> None:
         assert self.services is not None and self.services.pool_shares is not None
         shares = self.services.pool_shares
+        shares.on_change = self._pool_changed
         listener = Listener(
             self.ctx.pool, self.clock,
             {RUNS_CHANNEL: self.scheduler.run_created, CONTROL_CHANNEL: self._control,
@@ -256,6 +257,12 @@ class Engine:
                 return
         for worker in self._workers.values():  # not known yet (starting): everyone looks
             if worker is not None:
+                worker.poke()
+
+    def _pool_changed(self, pool: str) -> None:
+        """Our share of a pool moved: its campaigns' workers look again (re-plans)."""
+        for worker in self._workers.values():
+            if worker is not None and worker.campaign.rate_pool == pool:
                 worker.poke()
 
     def start_worker(self, campaign_id: str, runs: list[RunRow]) -> None:

@@ -23,6 +23,7 @@ it claims), so the recipients the re-plan excludes are never claimed at the same
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +31,7 @@ from datetime import datetime
 import structlog
 
 from daemon.engine.delivery import RunExecution, RunState
+from daemon.engine.pool_shares import PoolShares
 from daemon.infra.clock import Clock
 from daemon.infra.metrics import Metrics
 from daemon.models import CampaignStatus
@@ -38,6 +40,8 @@ from daemon.store import Pool
 from daemon.store import control as control_store
 from daemon.store.control import ControlState, Replan
 from daemon.store.engine import Campaign
+
+POOL_REPLAN_EVERY = 10.0  # a pooled run is re-planned for its share at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,8 @@ class Steering:
     """A campaign worker's live-control state and its re-plans."""
 
     def __init__(self, pool: Pool, clock: Clock, metrics: Metrics, campaign: Campaign,
-                 log: structlog.stdlib.BoundLogger) -> None:
+                 log: structlog.stdlib.BoundLogger,
+                 pool_shares: PoolShares | None = None) -> None:
         self.pool = pool
         self.clock = clock
         self.metrics = metrics
@@ -63,6 +68,9 @@ class Steering:
         self.paused = campaign.status == CampaignStatus.PAUSED.value
         self.rate = campaign.rate_per_second
         self.claims = asyncio.Lock()  # held by a claim and by a re-plan
+        self.rate_pool = campaign.rate_pool
+        self.pool_shares = pool_shares
+        self._pool_replanned: dict[str, float] = {}  # run id -> monotonic time
         self._resumed = asyncio.Event()
         if not self.paused:
             self._resumed.set()
@@ -102,21 +110,31 @@ class Steering:
         resume or rate change (none while paused, none unthrottled)."""
         if self.paused or self.rate is None:
             return []
+        rate, pooled = self._plan_rate()
         done: list[Replan] = []
         for row in await control_store.running_runs(self.pool, self.campaign_id):
             run = runs.get(row.id)
             if run is None or run.state not in (RunState.WAITING, RunState.ACTIVE):
                 continue
-            stale = row.rate_per_second != self.rate or (
-                resumed_at is not None and resumed_at > row.planned_at)
+            if pooled:  # SPEC §9.3: on a share change of more than 10 %, once per 10 s
+                stale = abs((row.rate_per_second or 0) - rate) > 0.1 * rate and (
+                    self.clock.monotonic() - self._pool_replanned.get(row.id, float("-inf"))
+                    >= POOL_REPLAN_EVERY)
+            elif self.rate_pool is not None:  # pooled, no share known here yet: keep it
+                stale = False
+            else:
+                stale = row.rate_per_second != rate
+            stale = stale or (resumed_at is not None and resumed_at > row.planned_at)
             if not stale or row.deadline is None or row.deadline_reason is None:
                 continue
+            if pooled:
+                self._pool_replanned[row.id] = self.clock.monotonic()
             now = self.clock.now()
-            capacity = planner.replan_capacity(self.rate, now, row.deadline, self.windows)
+            capacity = planner.replan_capacity(rate, now, row.deadline, self.windows)
             async with self.claims, self.pool.acquire() as conn, conn.transaction():
                 result = await control_store.replan(
                     conn, row.id, capacity=capacity, reason=row.deadline_reason,
-                    rate=self.rate, now=now, apply=True)
+                    rate=rate, now=now, apply=True)
             if result is None:
                 continue
             run.counts = dict(result.after)
@@ -124,11 +142,23 @@ class Steering:
                 run.fresh_exhausted = False
             self.metrics.replans.inc()
             self.log.info("run.replanned", run_id=row.id, capacity=capacity,
-                          rate_per_second=self.rate, reinstated=result.reinstated,
+                          rate_per_second=rate, pooled=pooled, reinstated=result.reinstated,
                           excluded=result.excluded, before=_summary(result.before),
                           after=_summary(result.after))
             done.append(result)
         return done
+
+
+    def _plan_rate(self) -> tuple[int, bool]:
+        """The rate runs are planned at: the campaign's, or for a pooled campaign its share
+        of the pool when that is lower (whole calls/s, at least 1); and whether pooled."""
+        assert self.rate is not None
+        if self.rate_pool is None or self.pool_shares is None:
+            return self.rate, False
+        share = self.pool_shares.share_of(self.rate_pool, self.campaign_id)
+        if share is None:
+            return self.rate, False
+        return max(1, min(self.rate, math.floor(share))), True
 
 
 def _summary(counts: Mapping[str, int]) -> dict[str, int]:

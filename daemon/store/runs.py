@@ -32,12 +32,19 @@ REPORT_COLUMNS = (
 
 
 async def report(db: Executor, run_id: str) -> Record | None:
-    """The run's report columns, and its campaign's send windows (`send_windows`)."""
+    """The run's report columns, its campaign's send windows (`send_windows`) and rate pool
+    (`rate_pool`), and the campaign's current share of the pool over every daemon
+    (`pool_share`: calls/s; NULL when no daemon holds one)."""
     row: Record | None = await db.fetchrow(
-        f"""SELECT {REPORT_COLUMNS},
-                   (SELECT c.send_windows FROM campaigns c WHERE c.id = runs.campaign_id)
-                       AS send_windows
-            FROM runs WHERE id = $1""", run_id
+        f"""SELECT {REPORT_COLUMNS}, c.send_windows, c.rate_pool,
+                   (SELECT sum(s.granted * (s.members ->> runs.campaign_id)::float8
+                               / nullif(s.demand, 0))
+                    FROM rate_pool_shares s
+                    WHERE s.pool = c.rate_pool AND s.members ? runs.campaign_id
+                      AND s.expires_at > clock_timestamp()) AS pool_share
+            FROM runs, LATERAL (SELECT send_windows, rate_pool FROM campaigns
+                                WHERE campaigns.id = runs.campaign_id) c
+            WHERE runs.id = $1""", run_id
     )
     return row
 

@@ -181,3 +181,50 @@ def test_a_waiter_cancelled_then_dropped_by_a_release_leaves_the_turn_sound() ->
         return order
 
     assert run_virtual(scenario()) == ["a", "c", "d"]
+
+
+# -- rate changes and pool shares -----------------------------------------------------------
+
+
+async def _paced(pacer: Pacer, seconds: float, change_at: float | None = None,
+                 new_rate: float = 0.0) -> list[float]:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    times: list[float] = []
+
+    async def consumer() -> None:
+        while loop.time() - start < seconds:
+            await pacer.acquire()
+            times.append(loop.time() - start)
+            if change_at is not None and times[-1] >= change_at and pacer.rate != new_rate:
+                pacer.set_rate(new_rate)
+
+    await asyncio.gather(*(consumer() for _ in range(20)))
+    return times
+
+
+@pytest.mark.parametrize("rate", [0.5, 18.75, 333.3])
+def test_a_pool_share_holds_floor_rate_in_every_whole_second(rate: float) -> None:
+    times = run_virtual(_paced(Pacer(rate, whole_seconds=True), 12.0), late_by=0.002)
+    bound = max(1, int(rate)) if rate >= 1 else 1
+    assert max_in_window(times, 1.0) <= bound
+    if rate < 1:
+        assert max_in_window(times, 1.0 / rate) <= 1  # one call per 1/rate seconds
+
+
+def test_a_rate_decrease_holds_the_new_rate_in_every_window_ending_after_it() -> None:
+    times = run_virtual(_paced(Pacer(200), 6.0, change_at=2.0, new_rate=20), late_by=0.001)
+    changed = next(t for t in times if t >= 2.0)
+    # Every 1 s window that ends at a call made after the change holds at most 20 (+ the one
+    # call that made the change itself, paced at the old rate).
+    after = [t for t in times if t > changed]
+    for end in after:
+        assert sum(1 for t in times if end - 1.0 < t <= end) <= 20 + 1
+    assert len(after) >= 20 * 3
+
+
+def test_a_rate_increase_brings_no_burst() -> None:
+    times = run_virtual(_paced(Pacer(20), 6.0, change_at=2.0, new_rate=200), late_by=0.001)
+    assert max_in_window(times, 1.0) <= 200
+    assert max_in_window(times, 0.1) <= 200 * 0.15 + 1
+    assert achieved_rate([t for t in times if t >= 3.0]) >= 0.97 * 200
