@@ -53,33 +53,33 @@ async def test_a_run_due_in_a_closed_window_is_deferred_to_the_opening(
 async def test_a_window_closing_mid_run_stops_the_calls_and_excludes_nobody(
     pool: Pool, gateway: Gateway, start_engine: EngineFactory
 ) -> None:
-    now = datetime.now(UTC)
-    if now.second >= 50:  # leave the run a few seconds of open window
-        await asyncio.sleep(61 - now.second)
-        now = datetime.now(UTC)
-    minute = now.replace(second=0, microsecond=0)
-    closes = minute + timedelta(minutes=1)
-    later = minute + timedelta(hours=1)  # open again within the 12-hour cap
+    now = datetime.now(UTC).replace(microsecond=0)
+    if now.hour == 23 and now.minute >= 58:  # keep both windows inside one day
+        await asyncio.sleep(150)
+        now = datetime.now(UTC).replace(microsecond=0)
+    opens = now + timedelta(seconds=1)
+    closes = opens + timedelta(seconds=3)
+    later = now + timedelta(minutes=30)  # open again within the 12-hour cap
     await make_campaign(pool, "c1", rate=20)
-    await _set_windows(pool, "c1", [_window(minute, closes),
+    await _set_windows(pool, "c1", [_window(opens, closes, seconds=True),
                                     _window(later, later + timedelta(minutes=1))])
     await add_profiles(pool, 5000, audience="a1")
     await start_engine(engine_config(gateway))
     run_id = await trigger(pool, "c1", audience="a1")
     await gateway.wait_for(1)
     started = await run_row(pool, run_id)
-    await asyncio.sleep((closes - datetime.now(UTC)).total_seconds() + 2.0)
+    await asyncio.sleep((closes - datetime.now(UTC)).total_seconds() + 1.0)
+    assert all(a.wall >= opens for a in gateway.arrivals)
     # A call admitted just before the close may arrive a few ms after it.
     assert all((a.wall - closes).total_seconds() < 0.2 for a in gateway.arrivals)
     sent_at_close = len(gateway.arrivals)
     await asyncio.sleep(1.0)
-    assert len(gateway.arrivals) == sent_at_close  # closed for the next hour
+    assert len(gateway.arrivals) == sent_at_close  # closed for the next half hour
     row = await run_row(pool, run_id)
     assert row["status"] == "running"
-    # The plan counted the open time in the cap (what is left of this minute and the
-    # later one): the rest were excluded at start, and the close excluded nobody more.
-    open_seconds = (closes - started["started_at"]).total_seconds() + 60
-    assert row["targeted"] - row["excluded_time_cap"] <= int(20 * open_seconds) + 1
+    # The plan counted the open time in the cap (these 3 s and the later minute): the rest
+    # were excluded at start, and the close excluded nobody more.
+    assert row["targeted"] - row["excluded_time_cap"] == 20 * (3 + 60)
     assert row["excluded_time_cap"] == started["excluded_time_cap"] > 0
     assert sum(row[k] for k in row if k.startswith("excluded_")) == row["excluded_time_cap"]
     assert row["pending"] > 0
@@ -87,7 +87,8 @@ async def test_a_window_closing_mid_run_stops_the_calls_and_excludes_nobody(
     assert_counts_add_up(row)
 
 
-def _window(start: datetime, end: datetime) -> dict[str, str]:
-    """A daily UTC window over [start, end) (both on the minute, the same day or midnight)."""
-    to = "24:00" if end.hour == 0 and end.minute == 0 else _hhmm(end)
-    return {"timezone": "UTC", "from": _hhmm(start), "to": to}
+def _window(start: datetime, end: datetime, *, seconds: bool = False) -> dict[str, str]:
+    """A daily UTC window over [start, end) (the same day, or up to midnight)."""
+    clock = (lambda at: at.strftime("%H:%M:%S")) if seconds else _hhmm
+    to = "24:00" if end.hour == 0 and end.minute == 0 and end.second == 0 else clock(end)
+    return {"timezone": "UTC", "from": clock(start), "to": to}
