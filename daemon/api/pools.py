@@ -64,6 +64,15 @@ def _name(request: web.Request) -> str:
     return value
 
 
+def _writable(name: str) -> str:
+    """`provider:<name>` pools are the providers' own rates, kept by the daemons from their
+    configuration: readable, not writable here."""
+    if name.startswith(pools.PROVIDER_POOL_PREFIX):
+        raise problem(409, "pool_reserved", f"{name!r} is a provider's rate "
+                      "(its rate_per_second in the configuration); read it, do not change it")
+    return name
+
+
 async def _view(request: web.Request, name: str) -> dict[str, Any]:
     db = context(request).pool
     pool = await pools.get(db, name)
@@ -84,7 +93,7 @@ async def _view(request: web.Request, name: str) -> dict[str, Any]:
 @requires(TokenScope.ADMIN)
 async def put(request: web.Request) -> web.Response:
     ctx = context(request)
-    name = _name(request)
+    name = _writable(_name(request))
     data = await read_body(request, ctx.config.server.max_body_bytes)
     body = parse(PoolBody, data, checked=True,
                  context={"max_rate_per_second": ctx.config.limits.max_rate_per_second})
@@ -102,7 +111,7 @@ async def read(request: web.Request) -> web.Response:
 
 @requires(TokenScope.ADMIN)
 async def delete(request: web.Request) -> web.Response:
-    name = _name(request)
+    name = _writable(_name(request))
     result = await pools.delete(context(request).pool, name)
     if result == "missing":
         raise problem(404, detail=_NOT_FOUND)
@@ -119,7 +128,7 @@ def _operations() -> list[Operation]:
                   "rate-pools",
                   {200: Reply("Changed (holds within 1 s on every daemon).", RatePool),
                    201: Reply("Created.", RatePool, ("Location",))},
-                  (400, 404, 413, 415, 422), body=PoolBody),
+                  (400, 404, 409, 413, 415, 422), body=PoolBody),
         Operation("GET", path, read, "getRatePool",
                   "Read a rate pool with its members and current shares", "rate-pools",
                   {200: Reply("The pool.", RatePool)}, (404,)),

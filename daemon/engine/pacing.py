@@ -37,10 +37,13 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from collections.abc import Callable
+from typing import Protocol
 
 from aiolimiter import AsyncLimiter
 
 from daemon.providers.settings import ProviderSettings
+from daemon.store.pools import PROVIDER_POOL_PREFIX
 
 # Rates above this keep no per-call window history (memory); the bucket alone limits them.
 MAX_GUARDED_RATE = 100_000
@@ -201,16 +204,29 @@ class Pacer:
             self.record()
 
 
+class SharedSlots(Protocol):
+    """A rate shared with other daemons (a rate pool's share here: `PoolGate`)."""
+
+    name: str
+
+    async def slot(self) -> None: ...
+
+    def valid(self) -> bool: ...
+
+
 class ProviderGate:
     """What a provider's own settings impose: at most `concurrency` calls at once, at most
-    `rate_per_second` calls, and a pause after a 429 with Retry-After."""
+    `rate_per_second` calls (on every daemon together when `shared`: its own rate pool),
+    and a pause after a 429 with Retry-After."""
 
-    def __init__(self, name: str, concurrency: int, rate: float | None) -> None:
+    def __init__(self, name: str, concurrency: int, rate: float | None,
+                 shared: SharedSlots | None = None) -> None:
         self.name = name
         self.concurrency = concurrency
         self.rate = rate
         self.semaphore = asyncio.Semaphore(concurrency)
-        self.pacer = Pacer(rate) if rate else None
+        self.shared = shared
+        self.pacer = Pacer(rate) if rate and shared is None else None
         self._paused_until = 0.0  # loop time
 
     def pause(self, seconds: float) -> bool:
@@ -237,10 +253,24 @@ class ProviderGate:
             await asyncio.sleep(left)  # the provider asked for this wait (Retry-After)
 
 
-class ProviderGates:
-    """One gate per provider name, shared by every campaign using that provider."""
 
-    def __init__(self) -> None:
+
+def provider_pool_rate(settings: ProviderSettings) -> int | None:
+    """The rate pool a provider's `rate_per_second` becomes across daemons (a whole rate of
+    at least 1/s; a fractional one is paced per daemon)."""
+    rate = settings.rate_per_second
+    if rate is None or rate < 1 or not float(rate).is_integer():
+        return None
+    return int(rate)
+
+
+class ProviderGates:
+    """One gate per provider name, shared by every campaign using that provider; with
+    `shared`, a provider's whole `rate_per_second` is a rate pool of its own
+    (`provider:<name>`), held across every daemon on the database."""
+
+    def __init__(self, shared: Callable[[str], SharedSlots] | None = None) -> None:
+        self._shared = shared
         self._gates: dict[str, tuple[ProviderSettings, ProviderGate]] = {}
 
     def gate(self, name: str, settings: ProviderSettings) -> ProviderGate:
@@ -248,6 +278,8 @@ class ProviderGates:
         known = self._gates.get(name)
         if known is not None and (known[0] is settings or known[0] == settings):
             return known[1]
-        gate = ProviderGate(name, settings.concurrency, settings.rate_per_second)
+        shared = (self._shared(PROVIDER_POOL_PREFIX + name)
+                  if self._shared is not None and provider_pool_rate(settings) else None)
+        gate = ProviderGate(name, settings.concurrency, settings.rate_per_second, shared)
         self._gates[name] = (settings, gate)
         return gate

@@ -315,14 +315,29 @@ class CampaignRuns(RunClosing, RunStarting):
     def _publish_demand(self) -> None:
         """A pooled campaign's demand on this daemon (SPEC §9.3): its own rate (or the
         pool's: the most a daemon may ask) while it has a run sending, else 0."""
-        pool = self.campaign.rate_pool
         shares = self.services.pool_shares
-        if pool is None or shares is None:
+        if shares is None:
+            return
+        pool = self.campaign.rate_pool
+        provider = self.provider_pool()
+        if pool is None and provider is None:
             return
         sending = not self.steering.paused and any(
             run.state is RunState.ACTIVE for run in self.runs.values())
-        rate = self.campaign.rate_per_second or MAX_POOL_DEMAND
-        shares.set_demand(pool, self.campaign.id, float(rate) if sending else 0.0)
+        rate = float(self.campaign.rate_per_second or MAX_POOL_DEMAND)
+        if pool is not None:
+            shares.set_demand(pool, self.campaign.id, rate if sending else 0.0)
+        if provider is not None:  # the provider's own rate, a pool across daemons
+            name, limit = provider
+            shares.set_demand(name, self.campaign.id, min(rate, limit) if sending else 0.0)
+
+    def provider_pool(self) -> tuple[str, float] | None:
+        """The provider's rate pool this campaign's calls go through, and its rate."""
+        provider = self.services.providers.for_channel(self.campaign.channel)
+        gate = self.services.gates.gate(provider.name, provider.settings)
+        if gate.shared is None or gate.rate is None:
+            return None
+        return gate.shared.name, gate.rate
 
     def _progress(self, run: RunExecution, mono: float) -> None:
         achieved = (run.calls - run.progress_calls) / max(mono - run.progress_at, 1e-9)

@@ -175,7 +175,8 @@ class ProviderCalls:
             # The last check, window included: no await from here to the call.
             admitted = self.may_call(run) and (
                 self.window_gate is None or self.window_gate.open_now()) and (
-                self.pool_gate is None or self.pool_gate.valid())
+                self.pool_gate is None or self.pool_gate.valid()) and (
+                gate.shared is None or gate.shared.valid())
             if admitted and paced:
                 assert self.pacer is not None
                 self.pacer.record()
@@ -218,7 +219,9 @@ class ProviderCalls:
         """Wait out a pause, take the provider's rate slot and a concurrency slot."""
         while True:
             await gate.wait_unpaused()
-            if gate.pacer is not None:
+            if gate.shared is not None:  # the provider's rate, over every daemon
+                await gate.shared.slot()
+            elif gate.pacer is not None:
                 await gate.pacer.acquire()
             await gate.semaphore.acquire()
             if gate.paused_for() <= 0:

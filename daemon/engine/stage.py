@@ -35,7 +35,7 @@ from typing import IO, TYPE_CHECKING
 
 from daemon import unsubscribe
 from daemon.engine.delivery import DeliverySettings
-from daemon.engine.pacing import Pacer, ProviderGates
+from daemon.engine.pacing import Pacer, ProviderGates, provider_pool_rate
 from daemon.engine.pool_shares import PoolShares
 from daemon.engine.recording import DB_ERRORS, raise_if_cancelling
 from daemon.engine.scheduler import Scheduler
@@ -45,6 +45,7 @@ from daemon.infra.config import Config
 from daemon.infra.logs import get_logger
 from daemon.store import engine as engine_store
 from daemon.store import leases
+from daemon.store import pools as pool_store
 from daemon.store.control import CAMPAIGN_PREFIX
 from daemon.store.engine import RunRow
 from daemon.store.listen import Listener
@@ -140,16 +141,18 @@ class Engine:
             self._own_registry = registry
             providers = registry
         config = self.ctx.config
+        shares = PoolShares(self.ctx.pool, self.clock, self.holder, self.lease_ttl,
+                            log.bind(holder=self.holder))
         self.services = WorkerServices(
             pool=self.ctx.pool, clock=self.clock, metrics=self.ctx.metrics,
-            providers=providers, gates=ProviderGates(), holder=self.holder,
+            providers=providers, gates=ProviderGates(shares.gate), holder=self.holder,
             delivery=DeliverySettings.from_config(config),
             unsubscribe_key=await unsubscribe.load_key(self.ctx.pool),
             checkpoint_interval=config.engine.checkpoint_interval,
             time_cap=config.limits.time_cap,
-            pool_shares=PoolShares(self.ctx.pool, self.clock, self.holder, self.lease_ttl,
-                                   log.bind(holder=self.holder)),
+            pool_shares=shares,
         )
+        await self._provider_pools(config)
         await self._reclaim()
         self.ctx.services[SERVICE_NAME] = self
         self._main = asyncio.get_running_loop().create_task(self._supervise(), name="engine")
@@ -191,7 +194,18 @@ class Engine:
         await force.wait()
         self._force.set()
 
+    async def _provider_pools(self, config: Config) -> None:
+        """Each provider's whole `rate_per_second` as a rate pool across daemons (SPEC §9.3):
+        `provider:<name>`, at the rate of the configuration last started or reloaded."""
+        for name, settings in config.providers.items():
+            rate = provider_pool_rate(settings)
+            if rate is not None:
+                await pool_store.put(self.ctx.pool, pool_store.PROVIDER_POOL_PREFIX + name, rate,
+                                     self.clock.now())
+
     async def reload(self, config: Config) -> None:
+        with contextlib.suppress(*DB_ERRORS):
+            await self._provider_pools(config)
         if self.services is not None:
             self.services.delivery = DeliverySettings.from_config(config)
             self.services.checkpoint_interval = config.engine.checkpoint_interval

@@ -103,8 +103,12 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
             self.recorder.stop()
             await self._bounded(recorder, max(1.0, deadline - self.clock.monotonic()), force)
         await self._release_unstarted()
-        if self.pool_gate is not None and self.services.pool_shares is not None:
-            self.services.pool_shares.drop(self.pool_gate.name, self.campaign.id)
+        shares = self.services.pool_shares
+        if shares is not None:  # this campaign's demand on its pools goes
+            if self.pool_gate is not None:
+                shares.drop(self.pool_gate.name, self.campaign.id)
+            if (provider := self.provider_pool()) is not None:
+                shares.drop(provider[0], self.campaign.id)
         if self._abandoned:
             self.log.warning("worker.calls_abandoned", count=self._abandoned)
         self.log.info("worker.stopped")

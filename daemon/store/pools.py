@@ -31,6 +31,7 @@ from typing import Any
 from daemon.store import Executor, Pool, Record
 
 POOLS_CHANNEL = "campaignd_pools"
+PROVIDER_POOL_PREFIX = "provider:"  # a provider's rate_per_second as a pool across daemons
 # A released share stays reserved this long: a second of sliding window, and a margin for
 # the holder to apply its lower rate.
 RELEASE_SECONDS = 1.25

@@ -73,3 +73,11 @@ async def test_a_bad_name_is_404_and_pools_need_an_admin_token(api: Api) -> None
     response = await api.request("PUT", "/v1/rate-pools/landing", token="trigger",
                                  json={"rate_per_second": 5})
     assert response.status == 403
+
+
+async def test_provider_pools_are_readable_not_writable(api: Api) -> None:
+    problem = await api.json("PUT", "/v1/rate-pools/provider:hook", 409,
+                             json={"rate_per_second": 5})
+    assert problem["code"] == "pool_reserved"
+    problem = await api.json("DELETE", "/v1/rate-pools/provider:hook", 409)
+    assert problem["code"] == "pool_reserved"

@@ -103,3 +103,34 @@ async def test_an_unthrottled_pooled_campaign_is_held_to_the_pool(
     times = [a.at for a in gateway.arrivals]
     assert len(times) > 30
     assert max_in_window(times, 1.0) <= 30 + 1
+
+
+async def test_a_providers_rate_is_a_pool_across_daemons(
+    pool: Pool, gateway: Gateway, start_engine: EngineFactory
+) -> None:
+    config = engine_config(gateway, providers={"hook": {"kind": "webhook", "url": gateway.url,
+                                                        "timeout": 5, "concurrency": 64,
+                                                        "rate_per_second": 40}})
+    await make_campaign(pool, "c1", rate=None)  # unthrottled: only the provider's rate
+    await add_profiles(pool, 1000, audience="a1")
+    await start_engine(config, holder="engine-a")
+    provider_pool = await pool_store.get(pool, "provider:hook")
+    assert provider_pool is not None and provider_pool.rate_per_second == 40
+    await trigger(pool, "c1", audience="a1")
+    await gateway.wait_for(40)
+    # Another daemon sending through the same provider takes its part of the 40/s.
+    joined = time.monotonic()
+    theirs = []
+    while time.monotonic() - joined < 5.0:
+        answer = await pool_store.share(pool, "provider:hook", "other-daemon", 40.0, 10.0,
+                                        {"x": 40.0}, notify=not theirs)
+        assert answer is not None
+        theirs.append((time.monotonic(), answer.granted))
+        await asyncio.sleep(0.25)
+    ours = [a.at for a in gateway.arrivals if joined + 3.0 <= a.at < joined + 5.0]
+    granted = min(g for t, g in theirs if t >= joined + 2.0)
+    print(f"\nprovider 40/s: another daemon got {granted:.1f}/s; ours busiest 1 s "
+          f"{max_in_window(ours, 1.0)}")
+    assert granted >= 15
+    assert max_in_window(ours, 1.0) <= 40 - granted + 1
+    await pool_store.leave(pool, "other-daemon")
