@@ -1,12 +1,15 @@
-"""`/v1/campaigns`: create, list, read, edit and delete drafts, activate, stop.
+"""`/v1/campaigns`: create, list, read, edit and delete drafts, activate, stop (pause,
+resume and the PATCH of a live or paused campaign: `control.py`).
 
 Lifecycle refusals (all problem+json):
-- PATCH/DELETE of a campaign that is not a draft: 409 `campaign_not_editable`;
+- PATCH/DELETE of a campaign that is not a draft (a live or paused one takes a PATCH of
+  its name and rate only): 409 `campaign_not_editable`;
   so is activating a completed or stopped one. Activating a live one is a no-op (200).
 - Activate with `end_at` not in the future: 409 `campaign_ended`; with no
   provider able to serve the channel: 409 `no_provider`; with content that no
   longer compiles: 422 `validation_error` on `content.<field>`.
-- Stop of a draft or completed campaign: 409 `campaign_not_live`; of a stopped one: 200.
+- Stop of a draft or completed campaign: 409 `campaign_not_live`; of a stopped one: 200;
+  of a paused one as of a live one.
 """
 
 from __future__ import annotations
