@@ -1,4 +1,5 @@
-"""The run engine, a daemon stage: leases, heartbeat, scheduler, listener, campaign workers.
+"""The run engine, a daemon stage: leases (`leases.py`), scheduler, listener, pool shares,
+campaign workers.
 
 Every instance runs a scheduler; a campaign's runs are executed by the instance
 holding its lease (`engine_leases`, expiry in database time). The holder renews all
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import signal
 import socket
@@ -35,6 +35,12 @@ from typing import IO, TYPE_CHECKING
 
 from daemon import unsubscribe
 from daemon.engine.delivery import DeliverySettings
+from daemon.engine.leases import (
+    RELEASE_LINGER,
+    Heartbeat,
+    HeldLease,
+    claim_incarnation,
+)
 from daemon.engine.pacing import Pacer, ProviderGates, provider_pool_rate
 from daemon.engine.pool_shares import PoolShares
 from daemon.engine.recording import DB_ERRORS, raise_if_cancelling
@@ -59,48 +65,6 @@ log = get_logger(__name__)
 SERVICE_NAME = "engine"
 RUNS_CHANNEL = "campaignd_runs"
 CONTROL_CHANNEL = "campaignd_control"
-RELEASE_LINGER = 1.0  # a released lease stays ours this long (the rate's window)
-LOCK_FILE = "engine.lock"
-HOLDER_FILE = "engine.holder"
-
-
-def claim_incarnation(state_dir: Path, holder: str) -> tuple[IO[str] | None, str | None]:
-    """Lock `state_dir` for this process; the previous (dead) holder's name, if any.
-
-    (None, None) when another live daemon uses the same state dir."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    lock = (state_dir / LOCK_FILE).open("a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        return None, None
-    path = state_dir / HOLDER_FILE
-    previous = path.read_text().strip() if path.exists() else None
-    path.write_text(holder + "\n")
-    return lock, previous or None
-
-
-class HeldLease:
-    """Our lease on a campaign, as we may rely on it: valid until a local monotonic time."""
-
-    def __init__(self, engine: Engine, campaign_id: str, generation: int, since: float) -> None:
-        self._engine = engine
-        self.campaign_id = campaign_id
-        self.generation = generation
-        self.valid_until = 0.0
-        self.renewed(since)
-
-    def renewed(self, since: float) -> None:
-        """The database extended it by ttl from a moment after `since` (monotonic)."""
-        ttl = self._engine.lease_ttl
-        self.valid_until = since + ttl - min(max(1.0, ttl / 3), ttl / 2)
-
-    def lose(self) -> None:
-        self.valid_until = float("-inf")
-
-    def valid(self) -> bool:
-        return self._engine.clock.monotonic() < self.valid_until
 
 
 class Engine:
@@ -117,7 +81,9 @@ class Engine:
         self._given_providers = providers
         self._own_registry: object | None = None
         self._workers: dict[str, CampaignWorker | None] = {}
-        self._leases: dict[str, HeldLease] = {}
+        self.heartbeat = Heartbeat(ctx.pool, ctx.clock, self.holder, self.lease_ttl,
+                                   self._lease_lost)
+        self._leases = self.heartbeat.held
         self._pacers: dict[str, Pacer] = {}
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -241,7 +207,7 @@ class Engine:
             background = [
                 group.create_task(listener.run(), name="engine.listener"),
                 group.create_task(self.scheduler.run(), name="engine.scheduler"),
-                group.create_task(self._heartbeat(), name="engine.heartbeat"),
+                group.create_task(self.heartbeat.run(), name="engine.heartbeat"),
                 group.create_task(shares.run(), name="engine.pools"),
             ]
             await self._stop.wait()
@@ -301,7 +267,7 @@ class Engine:
                 self.ctx.pool, campaign_id, self.holder, self.lease_ttl)
             if generation is None or campaign is None:
                 return  # another live instance holds it (or the campaign is gone)
-            lease = HeldLease(self, campaign_id, generation, since)
+            lease = HeldLease(self.clock, self.lease_ttl, campaign_id, generation, since)
             self._leases[campaign_id] = lease
             log.info("lease.acquired", campaign_id=campaign_id, generation=generation)
             worker = CampaignWorker(self.services, campaign, lease, self._pacer(campaign_id,
@@ -336,28 +302,11 @@ class Engine:
         pacer = self._pacers[campaign_id] = Pacer(rate)
         return pacer
 
-    async def _heartbeat(self) -> None:
-        """Renew every lease we hold, each `lease_ttl / 4`; a lease not renewed is lost."""
-        while True:
-            await self.clock.sleep(self.lease_ttl / 4)
-            held = dict(self._leases)
-            if not held:
-                continue
-            since = self.clock.monotonic()
-            try:
-                kept = await leases.renew(self.ctx.pool, self.holder, list(held), self.lease_ttl)
-            except DB_ERRORS as exc:
-                raise_if_cancelling(exc)
-                log.warning("lease.renew_failed", campaigns=len(held), error=str(exc))
-                continue
-            for campaign_id, lease in held.items():
-                if campaign_id in kept:
-                    lease.renewed(since)
-                elif self._leases.get(campaign_id) is lease:
-                    lease.lose()  # taken over: its worker logs lease.lost and stops
-                    worker = self._workers.get(campaign_id)
-                    if worker is not None:
-                        worker.poke()
+    def _lease_lost(self, campaign_id: str) -> None:
+        """Taken over (the heartbeat found it gone): its worker logs lease.lost and stops."""
+        worker = self._workers.get(campaign_id)
+        if worker is not None:
+            worker.poke()
 
 
 def stage(ctx: AppContext) -> Engine:
