@@ -11,6 +11,7 @@ from daemon.api import (
     openapi,
     pools,
     profiles,
+    receipts,
     runs,
     triggers,
     unsubscribe,
@@ -50,4 +51,4 @@ def build_app(ctx: AppContext) -> web.Application:
 
 
 ROUTE_MODULES = [health, openapi, campaigns, triggers, runs, profiles, audiences, pools,
-                 unsubscribe]
+                 unsubscribe, receipts]

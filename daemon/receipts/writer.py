@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from daemon.engine.recording import DB_ERRORS, RETRY_FIRST, RETRY_MAX, raise_if_cancelling
 from daemon.infra.clock import Clock
@@ -31,6 +32,9 @@ from daemon.receipts import matching
 from daemon.receipts.model import DeliveryStatus, Receipt, Result
 from daemon.store import Connection, Pool, Record
 from daemon.store import receipts as store
+
+if TYPE_CHECKING:
+    from daemon.api.context import AppContext
 
 log = get_logger(__name__)
 
@@ -265,6 +269,13 @@ async def _not_replayed(connection: Connection, batch: list[_Request], now: date
         else:
             live.append(False)
     return live
+
+
+def stage(ctx: AppContext) -> ReceiptWriter:
+    """The factory for `daemon.stages`: the writer, also published in ctx.services."""
+    writer = ReceiptWriter(ctx.pool, ctx.clock, ctx.metrics)
+    ctx.services[SERVICE_NAME] = writer
+    return writer
 
 
 def _parked(row: Record) -> Receipt:

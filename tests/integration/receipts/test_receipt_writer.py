@@ -8,7 +8,7 @@ from daemon.receipts.model import DeliveryStatus, Receipt, Result
 from daemon.receipts.writer import ReceiptWriter
 from daemon.store import Pool
 from daemon.store.recipients import OutcomeRow, write_outcomes
-from tests.integration.receipts.conftest import RUN, START, make_run, mark_sent
+from tests.integration.receipts.rows import RUN, START, make_run, mark_sent
 
 D = DeliveryStatus
 
