@@ -68,6 +68,7 @@ class _Request:
 @dataclass
 class Totals:
     batches: int = 0
+    reconciled: int = 0  # parked receipts matched later
     results: Counter[str] = field(default_factory=Counter)
 
 
@@ -113,10 +114,11 @@ class ReceiptWriter:
         self._queue.append(_Request([_parked(row) for row in rows], None, done, counted=False))
         self._wake.set()
         outcome = await asyncio.shield(done)
-        applied = sum(result is not Result.PENDING and result is not Result.UNKNOWN
+        matched = sum(result is not Result.PENDING and result is not Result.UNKNOWN
                       for result in outcome.results)
-        if applied:
-            log.info("receipts.reconciled", applied=applied, parked=len(rows) - applied)
+        if matched:
+            self.totals.reconciled += matched
+            log.info("receipts.reconciled", matched=matched, parked=len(rows) - matched)
         return outcome.results
 
     # -- the stage ----------------------------------------------------------------------------
@@ -145,6 +147,7 @@ class ReceiptWriter:
             if not request.done.done():
                 request.done.set_exception(WriterStopped())
         log.info("receipts.stopped", batches=self.totals.batches,
+                 reconciled=self.totals.reconciled,
                  **{str(k): v for k, v in sorted(self.totals.results.items())})
 
     async def reload(self, config: Config) -> None:
