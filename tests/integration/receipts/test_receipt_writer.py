@@ -174,3 +174,29 @@ async def test_what_was_submitted_is_written_at_stop(pool: Pool, writer: Receipt
     await writer.stop(5.0, asyncio.Event())
     assert all(s.result().results == [Result.APPLIED] for s in submissions)
     assert await counts(pool) == (50, 0, 0)
+
+
+async def test_applying_receipts_probes_rows_by_primary_key_without_fresh_statistics(
+        pool: Pool) -> None:
+    """Rows sent since the last ANALYZE (always, for a run still sending): the change of
+    each receipt must find its row by the primary key, not walk the outcome index."""
+    import json
+    from datetime import UTC, datetime
+
+    from daemon.store import receipts as store
+    from tests.integration.api.conftest import plan_nodes
+
+    await pool.execute("ANALYZE run_recipients")  # statistics of an empty table
+    await make_run(pool, size=30_000)
+    await mark_sent(pool, RUN, range(30_000), "tw")
+    now = datetime.now(UTC)
+    changes = [store.Change(RUN, p, "tw", "delivered", None, now) for p in range(2000)]
+    async with pool.acquire() as connection, connection.transaction():
+        raw = await connection.fetchval(
+            "EXPLAIN (FORMAT JSON) " + store._APPLY, [c.run_id for c in changes],
+            [c.position for c in changes], [c.provider for c in changes],
+            [c.delivery for c in changes], [c.reason for c in changes],
+            [c.at for c in changes])
+    names = {node.get("Index Name") for node in plan_nodes(json.loads(raw) if isinstance(
+        raw, str) else raw)}
+    assert "run_recipients_outcome" not in names and "run_recipients_pkey" in names, names
