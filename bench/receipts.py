@@ -5,10 +5,12 @@ then receipts for those messages are posted to `POST /v1/receipts/webhook/gw`, s
 Standard Webhooks, as fast as 64 connections go: one receipt per request (as Twilio and
 most gateways do) and NDJSON batches of 100. Reported: receipts/s and request latency.
 
-Then a campaign throttled at 2,000 msg/s runs twice: alone, and while receipts come in
-at 2,000/s (each moving a message's delivery to `delivered`). Reported: both runs' rate
-profiles (achieved/configured, largest 1 s and 100 ms windows) and the receipts' own
-rate and latency meanwhile: the send path must not slow.
+Then a campaign throttled at 2,000 msg/s runs three times: alone; while receipts come in
+at 2,000/s one per request (each moving a message's delivery to `delivered`); and while
+they come at 2,000/s in requests of 20 (moving it to `failed`). Reported: the runs' rate
+profiles (achieved/configured, largest 1 s and 100 ms windows), the receipts' own rate
+and latency meanwhile, and the CPU of the daemon and of the whole machine in each run
+(a machine already busy slows the sends whatever the daemon does).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ SECRET = "whsec_" + base64.b64encode(KEY).decode()
 RATE = 2000
 CONNECTIONS = 64
 BATCH = 100
+PACED_BATCH = 20  # receipts per request in the third paced run (100 requests/s)
 FULL = {"flood": 60_000, "paced": 24_000}  # 12 s at 2,000/s
 SMOKE = {"flood": 2_000, "paced": 2_000}
 
@@ -88,27 +91,29 @@ class Poster:
         return len(ids) / seconds
 
     async def paced(self, ids: Sequence[str], status: str, rate: float,
-                    stop: asyncio.Event) -> dict[str, Any]:
-        """One receipt per request at `rate` per second until `ids` run out or `stop`."""
+                    stop: asyncio.Event, per_request: int = 1) -> dict[str, Any]:
+        """Receipts at `rate` per second (`per_request` in each request) until `ids` run out
+        or `stop`."""
         connector = aiohttp.TCPConnector(limit=CONNECTIONS * 2)
         sent = 0
         async with aiohttp.ClientSession(connector=connector) as session:
             pending: set[asyncio.Task[None]] = set()
             began = time.perf_counter()
-            for index, message_id in enumerate(ids):
+            for index in range(0, len(ids), per_request):
                 if stop.is_set():
                     break
                 delay = began + index / rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)  # the load's pacing, in the bench process
-                task = asyncio.ensure_future(
-                    self.post(session, [{"id": message_id, "status": status}]))
+                group = [{"id": i, "status": status} for i in ids[index:index + per_request]]
+                task = asyncio.ensure_future(self.post(session, group))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
-                sent += 1
+                sent += len(group)
             await asyncio.gather(*pending)
             seconds = time.perf_counter() - began
-        return {"receipts": sent, "per_s": round(sent / seconds, 1)}
+        return {"receipts": sent, "per_s": round(sent / seconds, 1),
+                "per_request": per_request}
 
 
 async def _message_ids(database_url: str, run_id: str) -> list[str]:
@@ -159,22 +164,43 @@ async def bench(options: Options) -> dict[str, Any]:
             batched_latency = summary_ms(poster.latencies)
             poster.latencies = []
 
-            for name in ("alone", "with_receipts"):
+            for name in ("alone", "with_receipts", "with_batched_receipts"):
                 await api.create_campaign(name, audience="paced", rate=RATE)
             await gateway.reset()
+            alone_cpu = harness.cpu_window(daemon)
+            alone_cpu.start()
             alone = await run_to_end(api, gateway, "alone", expected=sizes["paced"], rate=RATE)
+            alone_cpu.stop()
             alone_profile = rate_profile((await gateway.arrivals()).times_for(campaign="alone"),
                                          RATE)
             await gateway.reset()
             stop = asyncio.Event()
+            together_cpu = harness.cpu_window(daemon)
+            together_cpu.start()
             receipts_task = asyncio.ensure_future(poster.paced(ids, "delivered", RATE, stop))
             together = await run_to_end(api, gateway, "with_receipts",
                                         expected=sizes["paced"], rate=RATE)
             stop.set()
+            together_cpu.stop()
             paced = await receipts_task
             together_profile = rate_profile(
                 (await gateway.arrivals()).times_for(campaign="with_receipts"), RATE)
             paced["latency"] = summary_ms(poster.latencies)
+            poster.latencies = []
+            await gateway.reset()
+            stop = asyncio.Event()
+            batched_cpu = harness.cpu_window(daemon)
+            batched_cpu.start()
+            batched_task = asyncio.ensure_future(
+                poster.paced(ids, "failed", RATE, stop, per_request=PACED_BATCH))
+            beside_batched = await run_to_end(api, gateway, "with_batched_receipts",
+                                              expected=sizes["paced"], rate=RATE)
+            stop.set()
+            batched_cpu.stop()
+            paced_batched = await batched_task
+            paced_batched["latency"] = summary_ms(poster.latencies)
+            batched_profile = rate_profile(
+                (await gateway.arrivals()).times_for(campaign="with_batched_receipts"), RATE)
             report = await api.run(flood["id"])
 
     result: dict[str, Any] = {
@@ -189,10 +215,15 @@ async def bench(options: Options) -> dict[str, Any]:
         "send_alone": alone_profile,
         "send_with_receipts": together_profile,
         "receipts_meanwhile": paced,
+        "cpu_alone": alone_cpu.as_dict(),
+        "cpu_with_receipts": together_cpu.as_dict(),
+        "send_with_batched_receipts": batched_profile,
+        "batched_receipts_meanwhile": paced_batched,
+        "cpu_with_batched_receipts": batched_cpu.as_dict(),
         "ratio_change": (None if not alone_profile["ratio"] or not together_profile["ratio"]
                          else round(together_profile["ratio"] / alone_profile["ratio"], 4)),
         "flood_delivery": report["counts"]["delivery"],
-        "finished": alone["finished"] and together["finished"],
+        "finished": alone["finished"] and together["finished"] and beside_batched["finished"],
     }
     result["summary"] = [
         f"receipts: {result['single_per_s']}/s one per request "
@@ -202,6 +233,15 @@ async def bench(options: Options) -> dict[str, Any]:
         f"{alone_profile['max_1s_window']}; with {paced['per_s']} receipts/s meanwhile: "
         f"ratio {together_profile['ratio']}, max 1 s window "
         f"{together_profile['max_1s_window']} (receipt p99 {paced['latency']['p99_ms']} ms)",
+        f"with {paced_batched['per_s']} receipts/s in requests of {PACED_BATCH}: ratio "
+        f"{batched_profile['ratio']}, max 1 s window {batched_profile['max_1s_window']} "
+        f"(request p99 {paced_batched['latency']['p99_ms']} ms)",
+        f"daemon CPU share alone {result['cpu_alone']['daemon_cpu_share']}, with receipts "
+        f"{result['cpu_with_receipts']['daemon_cpu_share']}, with batched receipts "
+        f"{result['cpu_with_batched_receipts']['daemon_cpu_share']}; machine busy cores "
+        f"{result['cpu_alone']['machine_busy_cores']}, "
+        f"{result['cpu_with_receipts']['machine_busy_cores']}, "
+        f"{result['cpu_with_batched_receipts']['machine_busy_cores']}",
         f"errors: {poster.errors or 'none'}; flood delivery counts {result['flood_delivery']}",
     ]
     return result
