@@ -35,6 +35,7 @@ from daemon.api.operations import Operation, Reply, json_answer, register
 from daemon.api.problems import problem
 from daemon.api.validation import decode_json, field_errors, invalid
 from daemon.errors import FieldError, Problem
+from daemon.infra.config import Config
 from daemon.infra.logs import get_logger
 from daemon.providers.settings import (
     ProviderSettings,
@@ -78,10 +79,15 @@ class ReceiptSummary(ResponseModel):
     replayed: bool = Field(description="The webhook-id was taken before: nothing done again.")
 
 
+def _config(ctx: AppContext) -> Config:
+    """The current config: the provider registry's follows reloads (SIGHUP)."""
+    registry = ctx.services.get("providers")
+    config: Config = registry.config if registry is not None else ctx.config
+    return config
+
+
 def _provider_settings(ctx: AppContext, name: str) -> ProviderSettings | None:
-    registry = ctx.services.get("providers")  # its config follows reloads (SIGHUP)
-    config = registry.config if registry is not None else ctx.config
-    settings: ProviderSettings | None = config.provider_settings().get(name)
+    settings: ProviderSettings | None = _config(ctx).provider_settings().get(name)
     return settings
 
 
@@ -144,14 +150,15 @@ async def twilio(request: web.Request) -> web.Response:
     except (UnicodeDecodeError, ValueError):
         raise _malformed(ctx, name, problem(400, "malformed_form", "the form is not UTF-8")
                          ) from None
-    url = ctx.config.server.base_url.rstrip("/") + request.raw_path
+    base_url = _config(ctx).server.base_url
+    url = base_url.rstrip("/") + request.raw_path
     given = request.headers.get(twilio_signature.HEADER, "")
     token = settings.auth_token.get_secret_value()
     if not given:
         raise _refuse(ctx, name, 403, f"{twilio_signature.HEADER} is missing")
     if not twilio_signature.valid(token, url, params, given):
         raise _refuse(ctx, name, 403, f"{twilio_signature.HEADER} does not sign this request "
-                                      f"at {ctx.config.server.base_url} with the auth token")
+                                      f"at {base_url} with the auth token")
     form = dict(params)
     errors = [FieldError(f"form.{field}", "this field is required")
               for field in ("MessageSid", "MessageStatus") if not form.get(field)]

@@ -127,6 +127,19 @@ class ReceiptWriter:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.run(), name="receipts.writer"),
                        loop.create_task(self._reconciler(), name="receipts.reconciler")]
+        self._tasks[0].add_done_callback(self._writer_ended)
+
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        """A writer that died (a bug) refuses receipts from then on, loudly; the requests
+        waiting get an error (503), not a hang."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("receipts.writer_failed", error=repr(task.exception()))
+        self._stopping = True
+        for request in self._queue:
+            if not request.done.done():
+                request.done.set_exception(WriterStopped())
+        self._queue.clear()
 
     async def stop(self, grace: float, force: asyncio.Event) -> None:
         """Refuse new receipts, write those submitted (within `grace`), then end."""
@@ -165,7 +178,13 @@ class ReceiptWriter:
                 await self._wake.wait()
                 continue
             batch = self._take()
-            outcomes = await self._write(batch)
+            try:
+                outcomes = await self._write(batch)
+            except BaseException:
+                for request in batch:  # back in the queue: a stop's or a failure's to answer
+                    if not request.done.done():
+                        self._queue.insert(0, request)
+                raise
             for request, outcome in zip(batch, outcomes, strict=True):
                 if not request.done.done():
                     request.done.set_result(outcome)

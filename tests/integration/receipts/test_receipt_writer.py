@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from daemon.receipts.model import DeliveryStatus, Receipt, Result
 from daemon.receipts.writer import ReceiptWriter
 from daemon.store import Pool
@@ -200,3 +202,21 @@ async def test_applying_receipts_probes_rows_by_primary_key_without_fresh_statis
     names = {node.get("Index Name") for node in plan_nodes(json.loads(raw) if isinstance(
         raw, str) else raw)}
     assert "run_recipients_outcome" not in names and "run_recipients_pkey" in names, names
+
+
+async def test_a_writer_that_fails_refuses_receipts_loudly_instead_of_hanging(
+        pool: Pool, writer: ReceiptWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    from structlog.testing import capture_logs
+
+    from daemon.receipts import writer as writer_module
+    from daemon.receipts.writer import WriterStopped
+
+    async def broken(*args: object) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(writer_module.matching, "apply", broken)
+    with capture_logs() as logs, pytest.raises(WriterStopped):
+        await writer.submit([receipt("SM0", D.DELIVERED)])
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["receipts.writer_failed"]
+    with pytest.raises(WriterStopped):
+        await writer.submit([receipt("SM0", D.DELIVERED)])
