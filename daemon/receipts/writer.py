@@ -238,25 +238,28 @@ class ReceiptWriter:
                 continue
             outcomes.append(Outcome(results[offset: offset + len(request.receipts)]))
             offset += len(request.receipts)
-        for transition in transitions:
-            self._metrics.deliveries.labels(transition["new"]).inc()
+        for status, count in Counter(row["new"] for row in transitions).items():
+            self._metrics.deliveries.labels(status).inc(count)
         if any(r is Result.PENDING or r is Result.UNKNOWN for r in results):
             self._parked_at = now
         return outcomes
 
     def _count(self, batch: list[_Request], outcomes: list[Outcome]) -> None:
+        """campaignd_receipts_total, once per label pair and batch (not per receipt)."""
         self.totals.batches += 1
+        tally: Counter[tuple[str, str]] = Counter()
         for request, outcome in zip(batch, outcomes, strict=True):
             if not request.counted:
                 continue
             if outcome.replayed:
                 provider = request.webhook_id[0] if request.webhook_id else ""
-                self._metrics.receipts.labels(provider, "replayed").inc(len(request.receipts))
-                self.totals.results["replayed"] += len(request.receipts)
+                tally[(provider, "replayed")] += len(request.receipts)
                 continue
             for receipt, result in zip(request.receipts, outcome.results, strict=True):
-                self._metrics.receipts.labels(receipt.provider, result.value).inc()
-                self.totals.results[result.value] += 1
+                tally[(receipt.provider, result.value)] += 1
+        for (provider, name), count in tally.items():
+            self._metrics.receipts.labels(provider, name).inc(count)
+            self.totals.results[name] += count
 
     async def _reconciler(self) -> None:
         """While receipts were parked in the last hour, try them again now and then."""
