@@ -69,6 +69,7 @@ CROSS JOIN LATERAL (
     UNION ALL
     SELECT c.run_id, c.position, c.status, c.provider, c.delivery FROM run_recipients c
     WHERE b.run_id IS NULL AND c.provider = b.provider AND c.provider_message_id = b.message_id
+      AND c.provider_message_id <> c.run_id || ':' || c.position  -- the index's predicate
     LIMIT 1
 ) r
 """
