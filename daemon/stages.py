@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from daemon.engine import stage as engine
 from daemon.providers import registry
+from daemon.receipts import writer as receipts
 from daemon.service import StageFactory
 
 
 def default_stages() -> list[StageFactory]:
-    """Providers, then the engine that uses them: the engine stops (drains) first."""
-    return [registry.stage, engine.stage]
+    """Providers, then the engine that uses them, then the receipt writer: the writer stops
+    first (once the HTTP server has answered the requests in flight), then the engine."""
+    return [registry.stage, engine.stage, receipts.stage]

@@ -12,6 +12,7 @@ from daemon.api import (
     openapi,
     pools,
     profiles,
+    receipts,
     runs,
     triggers,
     unsubscribe,
@@ -51,4 +52,4 @@ def build_app(ctx: AppContext) -> web.Application:
 
 
 ROUTE_MODULES = [health, openapi, campaigns, control, triggers, runs, profiles, audiences, pools,
-                 unsubscribe]
+                 unsubscribe, receipts]

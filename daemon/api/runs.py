@@ -80,7 +80,8 @@ async def recipients(request: web.Request) -> web.Response:
         raise problem(404, detail="no run with this id")
     status = query.status.value if query.status else None
     rows = await runs.recipients(
-        ctx.pool, run_id, status, query.reason, position_cursor(query.cursor), query.limit + 1
+        ctx.pool, run_id, status, query.reason, position_cursor(query.cursor), query.limit + 1,
+        query.delivery,
     )
     page = rows[: query.limit]
     more = len(rows) > query.limit

@@ -392,12 +392,22 @@ class Excluded(ResponseModel):
     cancelled: int
 
 
+class DeliveryCounts(ResponseModel):
+    """Over the `sent` recipients: what their providers' receipts said (SPEC §9.5)."""
+
+    delivered: int
+    bounced: int
+    failed: int
+    unknown: int = Field(description="Sent, with no final receipt (yet).")
+
+
 class Counts(ResponseModel):
     targeted: int
     sent: int
     failed: int
     pending: int
     excluded: Excluded
+    delivery: DeliveryCounts
 
 
 class SendWindowState(ResponseModel):
@@ -451,6 +461,13 @@ class CampaignReport(ResponseModel):
     )
 
 
+class RecipientDelivery(ResponseModel):
+    status: Literal["queued", "sent", "delivered", "failed", "bounced"]
+    reason: str | None = Field(description="The provider's words (a Twilio error code, a "
+                                           "bounce reason).")
+    at: datetime | None
+
+
 class Recipient(ResponseModel):
     position: int
     profile_id: str
@@ -460,6 +477,8 @@ class Recipient(ResponseModel):
     attempts: int
     provider_message_id: str | None
     updated_at: datetime | None
+    delivery: RecipientDelivery | None = Field(
+        description="The latest news of a sent message from its provider (receipts).")
 
 
 class RecipientPage(ResponseModel):
@@ -470,3 +489,6 @@ class RecipientPage(ResponseModel):
 class RecipientQuery(PageQuery):
     status: RecipientStatus | None = None
     reason: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    delivery: Literal["queued", "sent", "delivered", "failed", "bounced", "unknown"] | None = (
+        Field(default=None, description="By receipt: a delivery status, or `unknown` (sent, no "
+                                        "final receipt yet)."))

@@ -8,7 +8,7 @@ from typing import Any
 from daemon.planning import windows
 from daemon.store import Record
 from daemon.store.campaigns import CampaignRecord
-from daemon.store.runs import EXCLUSION_COLUMNS
+from daemon.store.runs import DELIVERY_COUNTS, EXCLUSION_COLUMNS
 
 
 def iso(value: datetime | None) -> str | None:
@@ -46,7 +46,14 @@ def counts_view(row: Record) -> dict[str, Any]:
         "excluded": {
             column.removeprefix("excluded_"): row[column] for column in EXCLUSION_COLUMNS
         },
+        "delivery": delivery_counts_view(row),
     }
+
+
+def delivery_counts_view(row: Record) -> dict[str, int]:
+    """SPEC §9.5 over the sent recipients: final receipts by status, `unknown` the rest."""
+    counts = {name: int(row.get(f"delivery_{name}") or 0) for name in DELIVERY_COUNTS}
+    return {**counts, "unknown": max(0, int(row["sent"]) - sum(counts.values()))}
 
 
 def run_view(row: Record, *, now: datetime | None = None) -> dict[str, Any]:
@@ -106,6 +113,10 @@ def recipient_view(row: Record) -> dict[str, Any]:
         "attempts": row["attempts"],
         "provider_message_id": row["provider_message_id"],
         "updated_at": iso(row["updated_at"]),
+        "delivery": None if row["delivery"] is None else {
+            "status": row["delivery"], "reason": row["delivery_reason"],
+            "at": iso(row["delivery_at"]),
+        },
     }
 
 

@@ -151,9 +151,10 @@ def build_message(
 
 def _row(run: RunExecution, recipient: Claimed, status: str, at: datetime, *,
          reason: str | None = None, error: str | None = None, calls: int = 1,
-         message_id: str | None = None, retry_at: datetime | None = None) -> OutcomeRow:
+         message_id: str | None = None, retry_at: datetime | None = None,
+         provider: str | None = None) -> OutcomeRow:
     return OutcomeRow(run.id, recipient.position, status, reason, error, calls, message_id,
-                      retry_at, at)
+                      retry_at, at, provider)
 
 
 def render_failure(run: RunExecution, recipient: Claimed, exc: RenderError, at: datetime
@@ -166,9 +167,11 @@ def unsubscribed(run: RunExecution, recipient: Claimed, at: datetime) -> Outcome
     return _row(run, recipient, "excluded", at, reason=ExclusionReason.OPTED_OUT.value, calls=0)
 
 
-def sent(run: RunExecution, recipient: Claimed, result: SendResult, at: datetime
-         ) -> OutcomeRow:
-    return _row(run, recipient, "sent", at, message_id=result.provider_message_id)
+def sent(run: RunExecution, recipient: Claimed, result: SendResult, at: datetime,
+         provider: str | None = None) -> OutcomeRow:
+    # Receipts are looked up by (provider, provider_message_id): both are recorded.
+    return _row(run, recipient, "sent", at, message_id=result.provider_message_id,
+                provider=provider)
 
 
 def after_error(

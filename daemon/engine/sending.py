@@ -237,7 +237,7 @@ class ProviderCalls:
             self._metric("sent", provider).inc()
             if result.invalid_push_tokens:  # FCM's dead tokens, reported with a success
                 self.note_dead_tokens(recipient.profile_id, result.invalid_push_tokens)
-            self._record(delivery.sent(run, recipient, result, now))
+            self._record(delivery.sent(run, recipient, result, now, provider))
             return
         transient = isinstance(error, TransientError)
         self._metric("transient" if transient else "permanent", provider).inc()

@@ -67,3 +67,17 @@ class Metrics:
             ["method", "status"],
             registry=self.registry,
         )
+        self.deliveries = Counter(
+            "campaignd_deliveries_total",
+            "Delivery statuses recipients moved to on a receipt (queued, sent, delivered, "
+            "failed, bounced).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.receipts = Counter(
+            "campaignd_receipts_total",
+            "Receipts taken, by provider and result (applied, unchanged, pending, unknown, "
+            "replayed, rejected, malformed).",
+            ["provider", "result"],
+            registry=self.registry,
+        )

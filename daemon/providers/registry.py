@@ -46,8 +46,10 @@ log = get_logger(__name__)
 SERVICE_NAME = "providers"  # the registry's key in AppContext.services
 
 
-def build_provider(name: str, settings: ProviderSettings, clock: Clock) -> Provider:
-    """The provider instance for one `[providers.NAME]` section (not started)."""
+def build_provider(name: str, settings: ProviderSettings, clock: Clock,
+                   public_url: str | None = None) -> Provider:
+    """The provider instance for one `[providers.NAME]` section (not started). With
+    `server.public_url`, Twilio messages ask for status callbacks there (receipts)."""
     provider: Provider
     match settings:
         case LogProviderSettings():
@@ -57,7 +59,7 @@ def build_provider(name: str, settings: ProviderSettings, clock: Clock) -> Provi
         case SmtpProviderSettings():
             provider = SmtpProvider(name, settings, clock=clock)
         case TwilioProviderSettings():
-            provider = TwilioProvider(name, settings, clock=clock)
+            provider = TwilioProvider(name, settings, clock=clock, public_url=public_url)
         case FcmProviderSettings():
             provider = FcmProvider(name, settings, clock=clock)
     return provider
@@ -177,12 +179,14 @@ class ProviderRegistry:
     async def start(self) -> None:
         """Build and start every configured provider; on a failure, close those started."""
         async with self._lock:
-            self._instances = await self._start_all(self._config.provider_settings(), {})
+            self._instances = await self._start_all(self._config.provider_settings(), {},
+                                                    self._config.server.public_url)
             self._refresh_handles()
         log.info("providers.started", providers=sorted(self._instances))
 
     async def _start_all(
-        self, wanted: Mapping[str, ProviderSettings], keep: Mapping[str, _Instance]
+        self, wanted: Mapping[str, ProviderSettings], keep: Mapping[str, _Instance],
+        public_url: str | None = None,
     ) -> dict[str, _Instance]:
         """Instances for `wanted`: those in `keep` as they are, the others built and started."""
         started: dict[str, _Instance] = {}
@@ -191,7 +195,7 @@ class ProviderRegistry:
                 if name in keep:
                     started[name] = keep[name]
                     continue
-                provider = build_provider(name, settings, self._clock)
+                provider = build_provider(name, settings, self._clock, public_url)
                 await provider.start()
                 started[name] = _Instance(provider)
         except BaseException:
@@ -216,7 +220,7 @@ class ProviderRegistry:
                 for name, instance in self._instances.items()
                 if wanted.get(name) == instance.provider.settings
             }
-            instances = await self._start_all(wanted, unchanged)
+            instances = await self._start_all(wanted, unchanged, config.server.public_url)
             replaced = [
                 instance
                 for name, instance in self._instances.items()

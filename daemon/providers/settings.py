@@ -117,6 +117,16 @@ class SmtpProviderSettings(_ProviderBase):
     pool_size: int = Field(default=8, ge=1, le=1000)
     # Extra CA certificates (PEM) to trust for TLS/STARTTLS, e.g. a private relay's own CA.
     tls_ca_file: Path | None = None
+    # Standard Webhooks secret of the email service posting delivery receipts (bounces) to
+    # /v1/receipts/webhook/NAME; None: that endpoint refuses them.
+    receipt_secret: SecretStr | None = None
+
+    @field_validator("receipt_secret")
+    @classmethod
+    def _receipt_secret_format(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_webhook_secret(value.get_secret_value())
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -8,12 +8,18 @@ token). The answer's `sid` is the provider message id. Twilio's error JSON
 `twilio_<code>: <message>`. 408, 429 and 5xx are transient (`Retry-After`
 honoured); any other 4xx is permanent. Twilio's Messages API takes no
 idempotency key, so a call in flight at a crash may be repeated on recovery.
+
+With `server.public_url`, every message carries `StatusCallback =
+{public_url}/v1/receipts/twilio/{name}?m=<idempotency key>`: Twilio posts each status
+change there (`daemon.api.receipts`), and the key names the recipient even before the
+send's outcome is written (the signature covers the query string).
 """
 
 from __future__ import annotations
 
 import base64
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -39,9 +45,13 @@ class TwilioProvider:
     writes_unsubscribe_url = False  # the engine signs it only if a template reads it
 
     def __init__(
-        self, name: str, settings: TwilioProviderSettings, *, clock: Clock | None = None
+        self, name: str, settings: TwilioProviderSettings, *, clock: Clock | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.name = name
+        self._status_callback = (
+            f"{public_url.rstrip('/')}/v1/receipts/twilio/{quote(name, safe='')}?m="
+            if public_url else None)
         self.settings = settings
         self._clock = clock or SystemClock()
         self._session: aiohttp.ClientSession | None = None
@@ -78,6 +88,9 @@ class TwilioProvider:
         else:
             assert self.settings.messaging_service_sid is not None  # settings require one
             form["MessagingServiceSid"] = self.settings.messaging_service_sid
+        if self._status_callback is not None:
+            form["StatusCallback"] = self._status_callback + quote(message.idempotency_key,
+                                                                   safe=":")
         return form
 
     async def send(self, message: Message) -> SendResult:

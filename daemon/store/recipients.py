@@ -91,13 +91,16 @@ _RECOVER = "DELETE FROM run_claims WHERE run_id = ANY($1::text[])"
 _WRITE = """
 WITH b AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                         $6::int[], $7::text[], $8::timestamptz[], $9::timestamptz[])
-        AS b(run_id, position, status, reason, error, calls, provider_message_id, retry_at, at)
+                         $6::int[], $7::text[], $8::timestamptz[], $9::timestamptz[],
+                         $10::text[])
+        AS b(run_id, position, status, reason, error, calls, provider_message_id, retry_at, at,
+             provider)
 ), applied AS (
     UPDATE run_recipients r
     SET status = b.status, reason = b.reason, error = b.error,
         attempts = least(r.attempts + b.calls, 32767),
         provider_message_id = coalesce(b.provider_message_id, r.provider_message_id),
+        provider = coalesce(b.provider, r.provider),
         retry_at = b.retry_at, updated_at = b.at
     FROM b
     WHERE r.run_id = b.run_id AND r.position = b.position AND r.status = 'pending'
@@ -236,14 +239,16 @@ class OutcomeRow:
     provider_message_id: str | None
     retry_at: datetime | None
     at: datetime
+    provider: str | None = None  # the provider that accepted it (sent): receipts name it
 
 
 async def write_outcomes(db: Executor, outcomes: Sequence[OutcomeRow]) -> list[Record]:
     """Apply the outcomes (one statement, atomic): per run whose rows changed, its id, new
     counts, and the `statuses`/`reasons` of the transitions applied."""
-    columns: list[list[Any]] = [[] for _ in range(9)]
+    columns: list[list[Any]] = [[] for _ in range(10)]
     for o in outcomes:
         for index, value in enumerate((o.run_id, o.position, o.status, o.reason, o.error,
-                                       o.calls, o.provider_message_id, o.retry_at, o.at)):
+                                       o.calls, o.provider_message_id, o.retry_at, o.at,
+                                       o.provider)):
             columns[index].append(value)
     return list(await db.fetch(_WRITE_SQL, *columns))

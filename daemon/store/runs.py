@@ -24,10 +24,16 @@ _STATUS = (
     "WHERE pc.id = runs.campaign_id AND pc.status = 'paused') THEN 'paused' ELSE status END "
     "AS status"
 )
+# Final delivery counts from receipts (SPEC §9.5), kept in run_deliveries.
+DELIVERY_COUNTS = ("delivered", "bounced", "failed")
+_DELIVERY_COLUMNS = ", ".join(
+    f"coalesce((SELECT d.{name} FROM run_deliveries d WHERE d.run_id = runs.id), 0)"
+    f" AS delivery_{name}" for name in DELIVERY_COUNTS
+)
 REPORT_COLUMNS = (
     f"id, campaign_id, {_STATUS}, created_at, scheduled_for, started_at, finished_at, "
     "rate_per_second, deadline, end_reason, targeted, sent, failed, pending, "
-    + ", ".join(EXCLUSION_COLUMNS)
+    + ", ".join(EXCLUSION_COLUMNS) + ", " + _DELIVERY_COLUMNS
 )
 
 
@@ -73,22 +79,34 @@ async def campaign_totals(db: Executor, campaign_id: str) -> Record:
         f"coalesce(sum({column}), 0)::bigint AS {column}"
         for column in ("targeted", "sent", "failed", "pending", *EXCLUSION_COLUMNS)
     )
+    deliveries = ", ".join(
+        f"""(SELECT coalesce(sum(d.{name}), 0)::bigint FROM run_deliveries d
+             JOIN runs r ON r.id = d.run_id WHERE r.campaign_id = $1) AS delivery_{name}"""
+        for name in DELIVERY_COUNTS
+    )
     row: Record = await db.fetchrow(
-        f"SELECT count(*) AS runs, {sums} FROM runs WHERE campaign_id = $1", campaign_id
+        f"SELECT count(*) AS runs, {sums}, {deliveries} FROM runs WHERE campaign_id = $1",
+        campaign_id,
     )
     return row
 
 
 _RECIPIENT_COLUMNS = (
-    "position, profile_id, status, reason, error, attempts, provider_message_id, updated_at"
+    "position, profile_id, status, reason, error, attempts, provider_message_id, updated_at, "
+    "delivery, delivery_reason, delivery_at"
 )
+# `?delivery=unknown`: sent, and no final receipt yet.
+_NO_FINAL_DELIVERY = "status = 'sent' AND (delivery IS NULL OR delivery IN ('queued', 'sent'))"
 
 
 async def recipients(
-    db: Executor, run_id: str, status: str | None, reason: str | None, after: int, limit: int
+    db: Executor, run_id: str, status: str | None, reason: str | None, after: int, limit: int,
+    delivery: str | None = None,
 ) -> list[Record]:
     """Recipient outcomes by position after `after`; one static query per filter set, so
-    each keeps its own plan (run_recipients_outcome serves the filtered ones)."""
+    each keeps its own plan (run_recipients_outcome serves the filtered ones, and
+    run_recipients_delivery those by delivery). `delivery` is a delivery status, or
+    `unknown` (sent, no final receipt yet)."""
     filters = ["run_id = $1", "position > $2"]
     args: list[Any] = [run_id, after]
     if status is not None:
@@ -97,6 +115,11 @@ async def recipients(
     if reason is not None:
         args.append(reason)
         filters.append(f"reason = ${len(args)}")
+    if delivery == "unknown":
+        filters.append(_NO_FINAL_DELIVERY)
+    elif delivery is not None:
+        args.append(delivery)
+        filters.append(f"delivery = ${len(args)}")
     args.append(limit)
     query = (
         f"SELECT {_RECIPIENT_COLUMNS} FROM run_recipients WHERE {' AND '.join(filters)} "

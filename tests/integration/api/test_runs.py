@@ -13,7 +13,8 @@ from tests.integration.api.conftest import Api
 
 ZERO = {"targeted": 0, "sent": 0, "failed": 0, "pending": 0,
         "excluded": {"time_cap": 0, "campaign_end": 0, "opted_out": 0, "no_address": 0,
-                     "duplicate": 0, "cancelled": 0}}
+                     "duplicate": 0, "cancelled": 0},
+        "delivery": {"delivered": 0, "bounced": 0, "failed": 0, "unknown": 0}}
 
 
 async def _triggered(api: Api, **campaign: Any) -> str:
@@ -126,7 +127,8 @@ async def test_recipients_page_by_position_and_filter(api: Api) -> None:
     assert [r["profile_id"] for r in first["items"]] == ["p1", "p2"]
     assert first["items"][0] == {"position": 0, "profile_id": "p1", "status": "sent",
                                  "reason": None, "error": None, "attempts": 1,
-                                 "provider_message_id": None, "updated_at": None}
+                                 "provider_message_id": None, "updated_at": None,
+                                 "delivery": None}
     rest = await api.json("GET", f"/v1/runs/{run_id}/recipients?cursor={first['next_cursor']}",
                           200)
     assert [r["profile_id"] for r in rest["items"]] == ["p3"]
@@ -158,7 +160,8 @@ async def test_campaign_runs_and_report(api: Api) -> None:
     assert report["campaign_id"] == "spring-sale"
     assert report["status"] == "live"
     assert report["totals"] == {"runs": 2, "targeted": 3, "sent": 1, "failed": 0, "pending": 1,
-                                "excluded": {**ZERO["excluded"], "opted_out": 1}}
+                                "excluded": {**ZERO["excluded"], "opted_out": 1},
+                                "delivery": {**ZERO["delivery"], "unknown": 1}}
     assert [r["id"] for r in report["runs"]] == [second, first]
     assert report["runs_next_cursor"] is None
     await api.json("GET", "/v1/campaigns/nope/report", 404)

@@ -78,7 +78,8 @@ async def test_a_retry_claim_uses_the_retry_index(pool: Pool, big_run: str) -> N
 
 async def test_an_outcome_write_updates_by_primary_key(pool: Pool, big_run: str) -> None:
     scans = await _plan(pool, store._WRITE_SQL, [big_run] * 2, [40_001, 40_002], ["sent"] * 2,
-                        [None] * 2, [None] * 2, [1, 1], [None] * 2, [None] * 2, [NOW] * 2)
+                        [None] * 2, [None] * 2, [1, 1], [None] * 2, [None] * 2, [NOW] * 2,
+                        ["tw"] * 2)
     assert _indexed(scans, "run_recipients_pkey", "run_recipients_pending"), scans
 
 
@@ -114,7 +115,7 @@ async def test_an_outcome_write_never_walks_the_outcome_index(pool: Pool) -> Non
     async with pool.acquire() as conn, conn.transaction():
         raw = await conn.fetchval(
             "EXPLAIN (FORMAT JSON) " + store._WRITE_SQL, ["r1"] * 2, [10, 11], ["sent"] * 2,
-            [None] * 2, [None] * 2, [1, 1], [None] * 2, [None] * 2, [NOW] * 2)
+            [None] * 2, [None] * 2, [1, 1], [None] * 2, [None] * 2, [NOW] * 2, ["tw"] * 2)
     scans = _scans(raw if isinstance(raw, list) else json.loads(raw))
     assert not any(name == "run_recipients_outcome" for _, name in scans), scans
 

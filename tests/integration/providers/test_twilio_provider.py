@@ -88,7 +88,8 @@ async def twilio() -> AsyncIterator[FakeTwilio]:
     await fake.server.close()
 
 
-async def _provider(twilio: FakeTwilio, **extra: Any) -> TwilioProvider:
+async def _provider(twilio: FakeTwilio, public_url: str | None = None, **extra: Any
+                    ) -> TwilioProvider:
     assert twilio.server is not None
     settings = TwilioProviderSettings.model_validate(
         {
@@ -100,7 +101,7 @@ async def _provider(twilio: FakeTwilio, **extra: Any) -> TwilioProvider:
             **extra,
         }
     )
-    provider = TwilioProvider("sms", settings)
+    provider = TwilioProvider("sms", settings, public_url=public_url)
     await provider.start()
     return provider
 
@@ -125,6 +126,16 @@ async def test_a_message_is_posted_as_twilio_expects(twilio: FakeTwilio) -> None
         {"To": "+33612345678", "From": "+15005550006", "Body": "Votre code : X1"}
     ]
     assert result.provider_message_id == "SM" + "1".zfill(32)
+
+
+async def test_with_a_public_url_each_message_asks_for_status_callbacks(
+        twilio: FakeTwilio) -> None:
+    provider = await _provider(twilio, public_url="https://campaigns.example.com/")
+    await provider.send(_sms())
+    await provider.close()
+    # The receipt endpoint of this provider, with our key of the recipient (run_3, 1).
+    assert twilio.forms[0]["StatusCallback"] == (
+        "https://campaigns.example.com/v1/receipts/twilio/sms?m=run_3:1")
 
 
 async def test_the_messages_own_from_wins(twilio: FakeTwilio) -> None:
