@@ -12,6 +12,7 @@ from daemon.api import (
     openapi,
     pools,
     profiles,
+    rerun,
     runs,
     triggers,
     unsubscribe,
@@ -50,5 +51,5 @@ def build_app(ctx: AppContext) -> web.Application:
     return app
 
 
-ROUTE_MODULES = [health, openapi, campaigns, control, triggers, runs, profiles, audiences, pools,
-                 unsubscribe]
+ROUTE_MODULES = [health, openapi, campaigns, control, triggers, runs, rerun, profiles, audiences,
+                 pools, unsubscribe]

@@ -37,7 +37,7 @@ _RUN_ID = re.compile(r"^run_[0-9A-Za-z]{1,64}$")
 REPORT_RUNS = 100
 
 
-def _run_id(request: web.Request) -> str:
+def run_id_of(request: web.Request) -> str:
     value = request.match_info["id"]
     if not _RUN_ID.match(value):
         raise problem(404, detail="no run with this id")
@@ -47,7 +47,7 @@ def _run_id(request: web.Request) -> str:
 @requires(TokenScope.TRIGGER)
 async def read(request: web.Request) -> web.Response:
     ctx = context(request)
-    row = await runs.report(ctx.pool, _run_id(request))
+    row = await runs.report(ctx.pool, run_id_of(request))
     if row is None:
         raise problem(404, detail="no run with this id")
     return json_answer(run_view(row, now=ctx.clock.now()))
@@ -56,7 +56,7 @@ async def read(request: web.Request) -> web.Response:
 @requires(TokenScope.ADMIN)
 async def cancel(request: web.Request) -> web.Response:
     ctx = context(request)
-    run_id = _run_id(request)
+    run_id = run_id_of(request)
     cancelled = await runs.cancel(ctx.pool, run_id, ctx.clock.now())
     row = await runs.report(ctx.pool, run_id)
     if row is None:
@@ -74,7 +74,7 @@ async def cancel(request: web.Request) -> web.Response:
 @requires(TokenScope.TRIGGER)
 async def recipients(request: web.Request) -> web.Response:
     ctx = context(request)
-    run_id = _run_id(request)
+    run_id = run_id_of(request)
     query = parse_query(RecipientQuery, request)
     if await runs.report(ctx.pool, run_id) is None:
         raise problem(404, detail="no run with this id")

@@ -28,6 +28,9 @@ REPORT_COLUMNS = (
     f"id, campaign_id, {_STATUS}, created_at, scheduled_for, started_at, finished_at, "
     "rate_per_second, deadline, end_reason, targeted, sent, failed, pending, "
     + ", ".join(EXCLUSION_COLUMNS)
+    # SPEC §9.4: the run this one reruns, and the reruns of this one (runs_rerun_of).
+    + ", rerun_of, ARRAY(SELECT x.id FROM runs x WHERE x.rerun_of = runs.id "
+    "ORDER BY x.created_at, x.id) AS reruns"
 )
 
 
