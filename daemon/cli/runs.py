@@ -1,4 +1,5 @@
-"""`campaignd runs show RUN` and `campaignd runs watch RUN` (a live progress bar)."""
+"""`campaignd runs show RUN`, `campaignd runs watch RUN` (a live progress bar) and
+`campaignd runs rerun RUN --only time_cap,failed [--dry-run]`."""
 
 from __future__ import annotations
 
@@ -118,6 +119,19 @@ def _watch(args: argparse.Namespace) -> int:
     return run(args, work)
 
 
+def _rerun(args: argparse.Namespace) -> int:
+    only = [value.strip() for value in args.only.split(",") if value.strip()]
+
+    async def work(client: Client) -> int:
+        headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+        params = {"dry_run": "true"} if args.dry_run else None
+        print_json(await client.call("POST", _path(args.run) + "/rerun", body={"only": only},
+                                     headers=headers, params=params))
+        return 0
+
+    return run(args, work)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("runs", help="show or watch a run")
     actions = parser.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
@@ -132,3 +146,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     watching.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     add_client_arguments(watching)
     watching.set_defaults(func=_watch)
+    rerun = actions.add_parser(
+        "rerun", help="a new run of a finished run's excluded or failed recipients")
+    rerun.add_argument("run", help="the source run id (run_...)")
+    rerun.add_argument("--only", required=True,
+                       help="comma-separated: time_cap, campaign_end, cancelled, failed")
+    rerun.add_argument("--dry-run", action="store_true",
+                       help="count the recipients by reason; create nothing")
+    rerun.add_argument("--idempotency-key", help="the same key gives the same rerun")
+    add_client_arguments(rerun)
+    rerun.set_defaults(func=_rerun)

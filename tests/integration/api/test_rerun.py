@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.integration.api.conftest import Api
+from tests.integration.api.test_cli import cli
 
 # (position, profile_id, status, reason) of the source run, not in table order.
 OUTCOMES = [
@@ -228,3 +229,20 @@ async def test_rerun_needs_an_admin_token(api: Api) -> None:
     response = await api.post(f"/v1/runs/{source}/rerun", data=json.dumps({"only": ["failed"]}),
                               headers={"Content-Type": "text/plain"})
     assert response.status == 415
+
+
+async def test_cli_rerun_and_dry_run(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
+    source = await _source(api)
+    code, out, _ = await cli(api, capsys, "runs", "rerun", source, "--only", "time_cap",
+                             "--dry-run")
+    assert code == 0 and json.loads(out)["by_reason"] == {"time_cap": 3}
+    code, out, _ = await cli(api, capsys, "runs", "rerun", source, "--only",
+                             "time_cap, failed", "--idempotency-key", "k1")
+    assert code == 0
+    made = json.loads(out)
+    assert (made["rerun_of"], made["recipients"]) == (source, 5)
+    code, out, _ = await cli(api, capsys, "runs", "rerun", source, "--only", "failed,time_cap",
+                             "--idempotency-key", "k1")
+    assert json.loads(out)["run_id"] == made["run_id"]
+    code, _, err = await cli(api, capsys, "runs", "rerun", source, "--only", "opted_out")
+    assert code == 1 and err.startswith("campaignd: 422 validation_error: only.0")
