@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+from daemon.cli import export
 from daemon.cli.client import Client, add_client_arguments, print_json, run
 from daemon.infra.clock import SystemClock
 
@@ -133,7 +134,7 @@ def _rerun(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("runs", help="show or watch a run")
+    parser = sub.add_parser("runs", help="show, watch, rerun or export a run")
     actions = parser.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="print the run report (JSON)")
     show.add_argument("run", help="the run id (run_...)")
@@ -156,3 +157,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rerun.add_argument("--idempotency-key", help="the same key gives the same rerun")
     add_client_arguments(rerun)
     rerun.set_defaults(func=_rerun)
+    export.register(actions)
