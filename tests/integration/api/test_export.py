@@ -8,6 +8,7 @@ import io
 import json
 from typing import Any
 
+import aiohttp
 import pytest
 
 from daemon.cli.export import RecordCounter
@@ -139,3 +140,25 @@ async def test_cli_export_writes_the_stream_and_counts_it(
     assert err == f"exported {SIZE:,} recipients\n"
     code, _, err = await cli(api, capsys, "runs", "export", "run_nope")
     assert (code, err) == (1, "campaignd: 404 not_found: no run with this id\n")
+
+
+async def test_a_failure_mid_stream_truncates_the_transfer(api: Api) -> None:
+    """The export's database session dies after the first bytes: the client must see an
+    incomplete transfer, not a well-formed short file."""
+    run_id = await _run(api)
+    await api.pool.execute(
+        """INSERT INTO run_recipients (run_id, position, profile_id, status, attempts)
+           SELECT $1, n, 'q' || n, 'sent', 1 FROM generate_series($2::int, 300000) AS n""",
+        run_id, SIZE)
+    response = await api.get(f"/v1/runs/{run_id}/recipients",
+                             headers={"Accept": "application/x-ndjson"})
+    assert response.status == 200
+    first = await response.content.readline()
+    assert json.loads(first)["position"] == 0
+    killed = await api.pool.fetchval(
+        """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+           WHERE pid <> pg_backend_pid() AND query LIKE '%FROM run_recipients WHERE%'""")
+    assert killed == 1
+    with pytest.raises(aiohttp.ClientPayloadError):
+        while await response.content.read(1 << 16):
+            pass

@@ -246,3 +246,15 @@ async def test_cli_rerun_and_dry_run(api: Api, capsys: pytest.CaptureFixture[str
     assert json.loads(out)["run_id"] == made["run_id"]
     code, _, err = await cli(api, capsys, "runs", "rerun", source, "--only", "opted_out")
     assert code == 1 and err.startswith("campaignd: 422 validation_error: only.0")
+
+
+async def test_a_rerun_while_the_windows_are_closed_waits_for_the_next_opening(api: Api) -> None:
+    office = {"timezone": "Europe/Paris", "days": ["mon", "tue", "wed", "thu", "fri"],
+              "from": "08:00", "to": "20:00"}  # closed on Sunday 2026-03-01
+    source = await _source(api, schedule={"end_at": "2026-04-01T00:00:00Z",
+                                          "windows": office})
+    answer = await api.json("POST", f"/v1/runs/{source}/rerun", 202, json={"only": ["failed"]})
+    assert answer["scheduled_for"] == "2026-03-02T07:00:00Z"
+    stored = await api.pool.fetchval("SELECT scheduled_for FROM runs WHERE id = $1",
+                                     answer["run_id"])
+    assert stored.isoformat() == "2026-03-02T07:00:00+00:00"
