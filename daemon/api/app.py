@@ -13,6 +13,7 @@ from daemon.api import (
     pools,
     profiles,
     receipts,
+    rerun,
     runs,
     triggers,
     unsubscribe,
@@ -51,5 +52,5 @@ def build_app(ctx: AppContext) -> web.Application:
     return app
 
 
-ROUTE_MODULES = [health, openapi, campaigns, control, triggers, runs, profiles, audiences, pools,
-                 unsubscribe, receipts]
+ROUTE_MODULES = [health, openapi, campaigns, control, triggers, runs, rerun, profiles, audiences,
+                 pools, unsubscribe, receipts]

@@ -100,6 +100,9 @@ def _reply(reply: Reply, refs: dict[Any, Any]) -> dict[str, Any]:
     answer: dict[str, Any] = {"description": reply.description}
     if reply.model is not None:
         answer["content"] = {"application/json": {"schema": refs[(reply.model, "serialization")]}}
+    for media, text in reply.media.items():
+        answer.setdefault("content", {})[media] = {
+            "schema": {"type": "string", "description": text}}
     if reply.headers:
         answer["headers"] = {name: {"schema": {"type": "string"}} for name in reply.headers}
     if reply.links:

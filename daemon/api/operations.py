@@ -29,6 +29,8 @@ class Reply:
     headers: tuple[str, ...] = ()  # e.g. "Location"
     # OpenAPI links: operationId -> the path parameter `id`, as a runtime expression.
     links: tuple[tuple[str, str], ...] = ()
+    # Other media types of the answer (documented as strings): media type -> description.
+    media: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

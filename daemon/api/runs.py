@@ -12,6 +12,7 @@ import re
 
 from aiohttp import web
 
+from daemon.api import export
 from daemon.api.auth import requires
 from daemon.api.campaigns import campaign_id
 from daemon.api.context import context
@@ -37,7 +38,7 @@ _RUN_ID = re.compile(r"^run_[0-9A-Za-z]{1,64}$")
 REPORT_RUNS = 100
 
 
-def _run_id(request: web.Request) -> str:
+def run_id_of(request: web.Request) -> str:
     value = request.match_info["id"]
     if not _RUN_ID.match(value):
         raise problem(404, detail="no run with this id")
@@ -47,7 +48,7 @@ def _run_id(request: web.Request) -> str:
 @requires(TokenScope.TRIGGER)
 async def read(request: web.Request) -> web.Response:
     ctx = context(request)
-    row = await runs.report(ctx.pool, _run_id(request))
+    row = await runs.report(ctx.pool, run_id_of(request))
     if row is None:
         raise problem(404, detail="no run with this id")
     return json_answer(run_view(row, now=ctx.clock.now()))
@@ -56,7 +57,7 @@ async def read(request: web.Request) -> web.Response:
 @requires(TokenScope.ADMIN)
 async def cancel(request: web.Request) -> web.Response:
     ctx = context(request)
-    run_id = _run_id(request)
+    run_id = run_id_of(request)
     cancelled = await runs.cancel(ctx.pool, run_id, ctx.clock.now())
     row = await runs.report(ctx.pool, run_id)
     if row is None:
@@ -72,13 +73,17 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 @requires(TokenScope.TRIGGER)
-async def recipients(request: web.Request) -> web.Response:
+async def recipients(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
-    run_id = _run_id(request)
+    run_id = run_id_of(request)
     query = parse_query(RecipientQuery, request)
     if await runs.report(ctx.pool, run_id) is None:
         raise problem(404, detail="no run with this id")
     status = query.status.value if query.status else None
+    media = export.negotiated(request)
+    if media is not None:  # SPEC §9.4: every matching recipient, streamed
+        return await export.stream(request, media, run_id, status, query.reason,
+                                   position_cursor(query.cursor), query.delivery)
     rows = await runs.recipients(
         ctx.pool, run_id, status, query.reason, position_cursor(query.cursor), query.limit + 1,
         query.delivery,
@@ -144,7 +149,10 @@ def _operations() -> list[Operation]:
                   (404, 409)),
         Operation("GET", run + "/recipients", recipients, "listRunRecipients",
                   "Recipient outcomes, in send order", "runs",
-                  {200: Reply("A page of recipients.", RecipientPage)}, (404, 422),
+                  {200: Reply("A page of recipients; with `Accept: text/csv` or "
+                              "`application/x-ndjson`, every matching recipient from the "
+                              "cursor on, streamed (`limit` does not apply).", RecipientPage,
+                              media=export.STREAM_TYPES)}, (404, 422),
                   query=RecipientQuery),
         Operation("GET", "/v1/campaigns/{id}/runs", campaign_runs, "listCampaignRuns",
                   "A campaign's runs, newest first", "runs",

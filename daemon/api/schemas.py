@@ -435,6 +435,10 @@ class RunReport(ResponseModel):
     deadline: datetime | None
     end_reason: EndReason | None
     counts: Counts
+    rerun_of: str | None = Field(
+        default=None, description="The run this one reruns (`POST /v1/runs/{id}/rerun`).")
+    reruns: list[str] = Field(default_factory=list,
+                              description="The reruns of this run, oldest first.")
     send_window: SendWindowState | None = Field(
         default=None, description="With send windows, in a run's own report: open or not now.")
     pool: RunPool | None = Field(

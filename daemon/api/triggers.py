@@ -110,7 +110,7 @@ async def _authenticate(request: web.Request, raw: bytes | None) -> str | None:
     return signatures.verify(keys, request.headers, raw or b"", ctx.clock.now())
 
 
-def _idempotency_key(request: web.Request) -> str | None:
+def idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
@@ -132,7 +132,7 @@ async def _read(request: web.Request) -> TriggerRequest:
     if request.body_exists:
         require_content_type(request, JSON_TYPES)
         raw = await read_limited(request, ctx.config.server.max_trigger_bytes)
-    key = await _authenticate(request, raw) if signed else _idempotency_key(request)
+    key = await _authenticate(request, raw) if signed else idempotency_key(request)
     limits = campaign_rules.limits(ctx)
     if len(raw) > OFF_LOOP_BYTES:
         return await asyncio.to_thread(_validated, campaign_id, key, raw, limits)

@@ -71,6 +71,8 @@ def run_view(row: Record, *, now: datetime | None = None) -> dict[str, Any]:
         "deadline": iso(row["deadline"]),
         "end_reason": row["end_reason"],
         "counts": counts_view(row),
+        "rerun_of": row["rerun_of"],
+        "reruns": list(row["reruns"]),
         "send_window": (send_window_view(row["send_windows"], now, row["status"])
                         if now is not None else None),
         "pool": pool_view(row) if now is not None else None,

@@ -97,13 +97,14 @@ class Client:
         async with self.session.request(method, path, data=data, headers=sent,
                                         params=params) as response:
             text = await response.text()
-            answer = _json(text)
+            answer = answer_of(text)
             if response.status >= 400:
                 raise ApiError(response.status, answer)
             return answer
 
 
-def _json(text: str) -> Any:
+def answer_of(text: str) -> Any:
+    """An answer's body as JSON (None when empty; its start as `detail` when not JSON)."""
     if not text:
         return None
     try:

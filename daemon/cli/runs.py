@@ -1,4 +1,5 @@
-"""`campaignd runs show RUN` and `campaignd runs watch RUN` (a live progress bar)."""
+"""`campaignd runs show RUN`, `campaignd runs watch RUN` (a live progress bar) and
+`campaignd runs rerun RUN --only time_cap,failed [--dry-run]`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+from daemon.cli import export
 from daemon.cli.client import Client, add_client_arguments, print_json, run
 from daemon.infra.clock import SystemClock
 
@@ -118,8 +120,21 @@ def _watch(args: argparse.Namespace) -> int:
     return run(args, work)
 
 
+def _rerun(args: argparse.Namespace) -> int:
+    only = [value.strip() for value in args.only.split(",") if value.strip()]
+
+    async def work(client: Client) -> int:
+        headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+        params = {"dry_run": "true"} if args.dry_run else None
+        print_json(await client.call("POST", _path(args.run) + "/rerun", body={"only": only},
+                                     headers=headers, params=params))
+        return 0
+
+    return run(args, work)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("runs", help="show or watch a run")
+    parser = sub.add_parser("runs", help="show, watch, rerun or export a run")
     actions = parser.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="print the run report (JSON)")
     show.add_argument("run", help="the run id (run_...)")
@@ -132,3 +147,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     watching.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     add_client_arguments(watching)
     watching.set_defaults(func=_watch)
+    rerun = actions.add_parser(
+        "rerun", help="a new run of a finished run's excluded or failed recipients")
+    rerun.add_argument("run", help="the source run id (run_...)")
+    rerun.add_argument("--only", required=True,
+                       help="comma-separated: time_cap, campaign_end, cancelled, failed")
+    rerun.add_argument("--dry-run", action="store_true",
+                       help="count the recipients by reason; create nothing")
+    rerun.add_argument("--idempotency-key", help="the same key gives the same rerun")
+    add_client_arguments(rerun)
+    rerun.set_defaults(func=_rerun)
+    export.register(actions)

@@ -7,10 +7,11 @@ same statement (delivered at commit), so that a running engine hears of it.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import Any
 
-from daemon.store import Connection, Executor, Record
+from daemon.store import Connection, Executor, Pool, Record
 
 CONTROL_CHANNEL = "campaignd_control"
 
@@ -34,6 +35,9 @@ REPORT_COLUMNS = (
     f"id, campaign_id, {_STATUS}, created_at, scheduled_for, started_at, finished_at, "
     "rate_per_second, deadline, end_reason, targeted, sent, failed, pending, "
     + ", ".join(EXCLUSION_COLUMNS) + ", " + _DELIVERY_COLUMNS
+    # SPEC §9.4: the run this one reruns, and the reruns of this one (runs_rerun_of).
+    + ", rerun_of, ARRAY(SELECT x.id FROM runs x WHERE x.rerun_of = runs.id "
+    "ORDER BY x.created_at, x.id) AS reruns"
 )
 
 
@@ -99,14 +103,8 @@ _RECIPIENT_COLUMNS = (
 _NO_FINAL_DELIVERY = "status = 'sent' AND (delivery IS NULL OR delivery IN ('queued', 'sent'))"
 
 
-async def recipients(
-    db: Executor, run_id: str, status: str | None, reason: str | None, after: int, limit: int,
-    delivery: str | None = None,
-) -> list[Record]:
-    """Recipient outcomes by position after `after`; one static query per filter set, so
-    each keeps its own plan (run_recipients_outcome serves the filtered ones, and
-    run_recipients_delivery those by delivery). `delivery` is a delivery status, or
-    `unknown` (sent, no final receipt yet)."""
+def _recipient_query(run_id: str, status: str | None, reason: str | None, after: int,
+                     delivery: str | None = None) -> tuple[str, list[Any]]:
     filters = ["run_id = $1", "position > $2"]
     args: list[Any] = [run_id, after]
     if status is not None:
@@ -120,12 +118,38 @@ async def recipients(
     elif delivery is not None:
         args.append(delivery)
         filters.append(f"delivery = ${len(args)}")
+    query = (f"SELECT {_RECIPIENT_COLUMNS} FROM run_recipients WHERE {' AND '.join(filters)} "
+             "ORDER BY position")
+    return query, args
+
+
+async def recipients(
+    db: Executor, run_id: str, status: str | None, reason: str | None, after: int, limit: int,
+    delivery: str | None = None,
+) -> list[Record]:
+    """Recipient outcomes by position after `after`; one static query per filter set, so
+    each keeps its own plan (run_recipients_outcome serves the filtered ones, and
+    run_recipients_delivery those by delivery). `delivery` is a delivery status, or
+    `unknown` (sent, no final receipt yet)."""
+    query, args = _recipient_query(run_id, status, reason, after, delivery)
     args.append(limit)
-    query = (
-        f"SELECT {_RECIPIENT_COLUMNS} FROM run_recipients WHERE {' AND '.join(filters)} "
-        f"ORDER BY position LIMIT ${len(args)}"
-    )
-    return list(await db.fetch(query, *args))
+    return list(await db.fetch(f"{query} LIMIT ${len(args)}", *args))
+
+
+async def stream_recipients(
+    pool: Pool, run_id: str, status: str | None, reason: str | None, after: int = -1,
+    *, batch: int = 1000, delivery: str | None = None,
+) -> AsyncGenerator[list[Record], None]:
+    """Every matching recipient outcome by position after `after`, `batch` rows at a time,
+    read through a server-side cursor in one read-only REPEATABLE READ transaction (one
+    snapshot, whatever the run's size; the daemon holds one batch at a time). Holds a pool
+    connection until exhausted or closed (use `contextlib.aclosing`)."""
+    query, args = _recipient_query(run_id, status, reason, after, delivery)
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                         readonly=True):
+        cursor = await conn.cursor(query, *args)
+        while rows := await cursor.fetch(batch):
+            yield list(rows)
 
 
 _CANCEL = f"""

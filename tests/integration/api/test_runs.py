@@ -49,6 +49,7 @@ async def test_report_of_a_scheduled_run_has_zero_counts(api: Api) -> None:
         "created_at": "2026-03-01T12:00:00Z", "scheduled_for": "2026-03-01T12:00:00Z",
         "started_at": None, "finished_at": None, "rate_per_second": 165, "deadline": None,
         "end_reason": None, "counts": ZERO, "send_window": None, "pool": None,
+        "rerun_of": None, "reruns": [],
     }
 
 
