@@ -27,6 +27,8 @@
       text("failed", k.failed); text("pending", k.pending); text("excluded", run.excluded_total);
       text("holds", run.invariant_holds ? "\u2713" : "\u2717");
       text("eta", run.eta || "\u2014");
+      Object.keys(k.excluded).forEach(function (r) { text("excluded-" + r, k.excluded[r]); });
+      Object.keys(k.delivery || {}).forEach(function (d) { text("delivery-" + d, k.delivery[d]); });
       draw(run.curve);
       if (["scheduled", "running", "paused"].indexOf(run.status) >= 0) { setTimeout(tick, 1000); }
     });
