@@ -35,3 +35,11 @@ async def curve(db: Executor, run_id: str, started: datetime, width: int) -> lis
     """(bucket, sent, failed) rows in time order, buckets `width` seconds from `started`."""
     rows: list[Record] = await db.fetch(CURVE_SQL, run_id, float(width), started)
     return rows
+
+
+async def current_pause(db: Executor, campaign_id: str) -> datetime | None:
+    """When the campaign's current pause began (None: not paused). Past pauses are not
+    stored (only the last `resumed_at`), so the curve can shade the current one only."""
+    value: datetime | None = await db.fetchval(
+        "SELECT paused_at FROM campaigns WHERE id = $1 AND status = 'paused'", campaign_id)
+    return value

@@ -7,7 +7,7 @@ SameSite=Strict cookie. Every /ui response carries the security headers.
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from daemon.api import export
 from daemon.api.context import context
 from daemon.api.views import counts_view, run_view
 from daemon.models import TokenScope
+from daemon.planning import windows
 from daemon.store import campaigns, runs, send_rate, tokens
 from daemon.ui.chart import curve_view
 
@@ -118,6 +119,26 @@ async def campaign_page(request: web.Request) -> web.StreamResponse:
                  runs=[run_view(row) for row in latest])
 
 
+async def _shades(pool: Any, row: Any, started: datetime, now: datetime
+                  ) -> list[tuple[datetime, datetime, str]]:
+    """Closed send windows over the run's life, and the campaign's current pause."""
+    until = (row["finished_at"] or now) + timedelta(minutes=1)
+    result: list[tuple[datetime, datetime, str]] = []
+    chosen = windows.from_stored(row["send_windows"])
+    if chosen:
+        cursor = started
+        for begin, end in windows.open_intervals(chosen, started, until):
+            if begin > cursor:
+                result.append((cursor, begin, "closed"))
+            cursor = end
+        if cursor < until:
+            result.append((cursor, until, "closed"))
+    paused_at = await send_rate.current_pause(pool, row["campaign_id"])
+    if paused_at is not None:
+        result.append((paused_at, until, "paused"))
+    return result
+
+
 async def _run_data(request: web.Request) -> dict[str, Any]:
     ctx = context(request)
     row = await runs.report(ctx.pool, request.match_info["id"])
@@ -131,7 +152,8 @@ async def _run_data(request: web.Request) -> dict[str, Any]:
         until = row["finished_at"] or now
         width = send_rate.bucket_seconds(started, until)
         rows = await send_rate.curve(ctx.pool, row["id"], started, width)
-        curve = curve_view(rows, started, width, row["rate_per_second"])
+        curve = curve_view(rows, started, width, row["rate_per_second"],
+                           await _shades(ctx.pool, row, started, now), until)
     counts = view["counts"]
     excluded = sum(counts["excluded"].values())
     view["excluded_total"] = excluded

@@ -16,6 +16,16 @@
       return (c.pad + p[0] / c.right * w).toFixed(1) + "," +
              (c.height - c.pad - p[1] / c.top * h).toFixed(1);
     }).join(" "));
+    var shades = document.getElementById("shades");
+    if (shades) {
+      while (shades.firstChild) { shades.removeChild(shades.firstChild); }
+      c.shades.forEach(function (s) {
+        var rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+        rect.setAttribute("x", s.x); rect.setAttribute("y", c.pad); rect.setAttribute("width", s.w);
+        rect.setAttribute("height", h); rect.setAttribute("class", s.kind);
+        shades.appendChild(rect);
+      });
+    }
     var rate = document.getElementById("rate");
     if (rate && c.rate_y !== null) { rate.setAttribute("y1", c.rate_y); rate.setAttribute("y2", c.rate_y); }
     text("top", c.top + "/s"); text("right", c.right + " s"); text("bucket", c.bucket_seconds);

@@ -13,10 +13,11 @@ EVIL = "<script>alert(1)</script>"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-async def _run(api: Api, size: int = 600, spread: float = 1.0, name: str = "Spring sale") -> str:
+async def _run(api: Api, size: int = 600, spread: float = 1.0, name: str = "Spring sale",
+               **fields: object) -> str:
     """A running run of `size` outcomes, one every `spread` seconds from T0; every 7th failed,
     every 11th excluded (reason time_cap), the last tenth pending."""
-    await api.live_campaign(name=name, schedule={"end_at": "2026-04-01T00:00:00Z"})
+    await api.live_campaign(name=name, schedule={"end_at": "2026-04-01T00:00:00Z", **fields})
     answer = await api.json("POST", "/v1/campaigns/spring-sale/triggers", 202, json={
         "recipients": [{"profile_id": "p0", "email": "p0@example.com"}]})
     run_id = str(answer["run_id"])
@@ -142,3 +143,21 @@ async def test_the_curve_query_reads_the_run_by_index_not_the_other_runs(api: Ap
     assert "Seq Scan" not in text, text
     assert '"Index Name": "run_recipients_' in text, text
     assert len(await send_rate.curve(api.pool, small, T0, 1)) == 100
+
+
+async def test_the_curve_shades_the_current_pause_and_closed_send_windows(api: Api) -> None:
+    # T0 is a Sunday 12:00 UTC; the window closes at 12:01; outcomes span 100 s.
+    window = {"timezone": "UTC", "days": ["sun"], "from": "12:00", "to": "12:01"}
+    run_id = await _run(api, size=100, windows=[window])
+    await _sign_in(api)
+    api.clock.advance(300)
+    data = json.loads(await (await api.get(f"/ui/runs/{run_id}/data.json", token=None)).text())
+    assert [s["kind"] for s in data["curve"]["shades"]] == ["closed"]
+    closed = data["curve"]["shades"][0]
+    assert 40 < closed["x"] < 800 - 40 and closed["w"] > 0
+    assert (await api.post("/v1/campaigns/spring-sale/pause")).status == 200
+    api.clock.advance(60)  # a minute into the pause
+    data = json.loads(await (await api.get(f"/ui/runs/{run_id}/data.json", token=None)).text())
+    assert [s["kind"] for s in data["curve"]["shades"]] == ["closed", "paused"]
+    page = await (await api.get(f"/ui/runs/{run_id}", token=None)).text()
+    assert 'class="closed"' in page and 'class="paused"' in page
