@@ -20,6 +20,7 @@ from daemon.api import (
 )
 from daemon.api.context import CONTEXT, AppContext, context
 from daemon.api.problems import Handler, problem, problem_middleware
+from daemon.ui import routes as ui_routes
 
 # Paths that keep answering while the daemon drains (so systemd and probes see it).
 _ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -49,6 +50,7 @@ def build_app(ctx: AppContext) -> web.Application:
     app[CONTEXT] = ctx
     for module in ROUTE_MODULES:
         module.add_routes(app)
+    ui_routes.add_routes(app)  # not in ROUTE_MODULES: the /ui pages stay out of OpenAPI
     return app
 
 
