@@ -31,17 +31,21 @@ def _bearer(request: web.Request) -> str:
     return token.strip()
 
 
-async def authenticate(request: web.Request) -> TokenScope:
-    """The scope of the request's bearer token; 401 problem when missing/unknown/revoked."""
-    token = _bearer(request)
+async def scope_of(request: web.Request, token: str) -> TokenScope | None:
+    """The scope of `token` (None: unknown or revoked), through the daemon's token cache."""
     ctx = context(request)
-    cache = ctx.token_cache
     key = hashlib.sha256(token.encode()).hexdigest()
     now = ctx.clock.monotonic()
-    hit, scope = cache.get(key, now)
+    hit, scope = ctx.token_cache.get(key, now)
     if not hit:
         scope = await tokens.scope_of(ctx.pool, token)
-        cache.put(key, scope, now)
+        ctx.token_cache.put(key, scope, now)
+    return scope
+
+
+async def authenticate(request: web.Request) -> TokenScope:
+    """The scope of the request's bearer token; 401 problem when missing/unknown/revoked."""
+    scope = await scope_of(request, _bearer(request))
     if scope is None:
         raise problem(401, detail="unknown or revoked token")
     request[SCOPE_KEY] = scope

@@ -6,7 +6,6 @@ SameSite=Strict cookie. Every /ui response carries the security headers.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,12 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from daemon.api import export
+from daemon.api import auth, export
 from daemon.api.context import context
 from daemon.api.views import counts_view, run_view
 from daemon.models import TokenScope
 from daemon.planning import windows
-from daemon.store import campaigns, runs, send_rate, tokens
+from daemon.store import campaigns, runs, send_rate
 from daemon.ui.chart import curve_view
 
 COOKIE = "campaignd_session"
@@ -46,27 +45,20 @@ def _page(name: str, status: int = 200, **values: Any) -> web.Response:
     return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
 
 
-async def _scope(request: web.Request, token: str) -> TokenScope | None:
-    ctx = context(request)
-    key = hashlib.sha256(token.encode()).hexdigest()
-    now = ctx.clock.monotonic()
-    hit, scope = ctx.token_cache.get(key, now)
-    if not hit:
-        scope = await tokens.scope_of(ctx.pool, token)
-        ctx.token_cache.put(key, scope, now)
-    return scope
-
-
 def _redirect(location: str) -> web.Response:
     # Returned, not raised: the problem middleware would pass a raised 303 on as deprecated.
     return web.Response(status=303, headers={"Location": location})
 
 
-async def _signed_in(request: web.Request) -> web.Response | None:
-    """None when the session cookie holds a live token, else the redirect to sign in."""
+async def _signed_in(request: web.Request, needed: TokenScope) -> web.Response | None:
+    """None when the session cookie holds a live token, else the redirect to sign in; 403
+    when its scope may not read this page (the scopes of the API: a trigger token reads
+    runs, only an admin token reads campaigns)."""
     token = request.cookies.get(COOKIE)
-    if not token or await _scope(request, token) is None:
+    scope = await auth.scope_of(request, token) if token else None
+    if scope is None:
         return _redirect("/ui/login")
+    auth.check_scope(scope, needed)
     return None
 
 
@@ -77,7 +69,7 @@ async def login_form(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     token = str(form.get("token", "")).strip()
-    if not token or await _scope(request, token) is None:
+    if not token or await auth.scope_of(request, token) is None:
         return _page("login.html", status=401, error="unknown or revoked token")
     response = _redirect("/ui/")
     public = context(request).config.server.public_url or ""
@@ -93,7 +85,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 
 async def campaigns_page(request: web.Request) -> web.StreamResponse:
-    if (away := await _signed_in(request)) is not None:
+    if (away := await _signed_in(request, TokenScope.ADMIN)) is not None:
         return away
     pool = context(request).pool
     listed = await campaigns.list_page(pool, None, None, 200)
@@ -107,7 +99,7 @@ async def campaigns_page(request: web.Request) -> web.StreamResponse:
 
 
 async def campaign_page(request: web.Request) -> web.StreamResponse:
-    if (away := await _signed_in(request)) is not None:
+    if (away := await _signed_in(request, TokenScope.ADMIN)) is not None:
         return away
     pool = context(request).pool
     record = await campaigns.get(pool, request.match_info["id"])
@@ -168,19 +160,19 @@ async def _run_data(request: web.Request) -> dict[str, Any]:
 
 
 async def run_page(request: web.Request) -> web.StreamResponse:
-    if (away := await _signed_in(request)) is not None:
+    if (away := await _signed_in(request, TokenScope.TRIGGER)) is not None:
         return away
     return _page("run.html", run=await _run_data(request))
 
 
 async def run_json(request: web.Request) -> web.StreamResponse:
-    if (away := await _signed_in(request)) is not None:
+    if (away := await _signed_in(request, TokenScope.TRIGGER)) is not None:
         return away
     return web.json_response(await _run_data(request))
 
 
 async def run_csv(request: web.Request) -> web.StreamResponse:
-    if (away := await _signed_in(request)) is not None:
+    if (away := await _signed_in(request, TokenScope.TRIGGER)) is not None:
         return away
     run_id = request.match_info["id"]
     if await runs.report(context(request).pool, run_id) is None:

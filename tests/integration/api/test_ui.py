@@ -41,8 +41,8 @@ async def _run(api: Api, size: int = 600, spread: float = 1.0, name: str = "Spri
     return run_id
 
 
-async def _sign_in(api: Api) -> None:
-    response = await api.post("/ui/login", token=None, data={"token": api.trigger_token},
+async def _sign_in(api: Api, token: str | None = None) -> None:
+    response = await api.post("/ui/login", token=None, data={"token": token or api.admin_token},
                               allow_redirects=False)
     assert response.status == 303
 
@@ -161,3 +161,16 @@ async def test_the_curve_shades_the_current_pause_and_closed_send_windows(api: A
     assert [s["kind"] for s in data["curve"]["shades"]] == ["closed", "paused"]
     page = await (await api.get(f"/ui/runs/{run_id}", token=None)).text()
     assert 'class="closed"' in page and 'class="paused"' in page
+
+
+async def test_a_trigger_token_reads_runs_but_not_campaigns_as_in_the_api(api: Api) -> None:
+    run_id = await _run(api, size=20)
+    await _sign_in(api, api.trigger_token)
+    for path in (f"/ui/runs/{run_id}", f"/ui/runs/{run_id}/data.json"):
+        response = await api.get(path, token=None, allow_redirects=False)
+        assert response.status == 200, path
+    for path in ("/ui/", "/ui/campaigns/spring-sale"):
+        response = await api.get(path, token=None, allow_redirects=False)
+        assert response.status == 403, path
+    api_read = await api.get("/v1/campaigns/spring-sale/report", token=api.trigger_token)
+    assert api_read.status == 403
