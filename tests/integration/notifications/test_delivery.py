@@ -8,9 +8,11 @@ import asyncio
 import base64
 import itertools
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +27,6 @@ from daemon.models import NotificationEvent
 from daemon.notifications.deliverer import NotificationDeliverer
 from daemon.notifications.sender import Sender, backoff
 from daemon.store import Pool
-from daemon.store import notifications as store
 
 SECRET = "whsec_" + base64.b64encode(b"notification-test-key-32-bytes!!").decode()
 
@@ -195,7 +196,8 @@ async def test_a_retry_keeps_the_webhook_id_and_body_and_waits_its_backoff(
 
 
 async def test_an_event_is_given_up_after_the_retry_period(
-        pool: Pool, clock: FakeClock, receiver: Receiver) -> None:
+        pool: Pool, database_url: str, tmp_path: Path, clock: FakeClock,
+        receiver: Receiver) -> None:
     created = clock.now()
     await add_event(pool, clock, "r1")
     receiver.answer = lambda _: 500
@@ -214,7 +216,16 @@ async def test_an_event_is_given_up_after_the_retry_period(
     assert max(b - a for a, b in itertools.pairwise(attempts)) == timedelta(hours=2)
     # (the reference verifier refuses the later ones: their timestamps are hours ahead of it)
     assert worker.failed == 1 and len(receiver.received) + receiver.refused == len(attempts)
-    assert await store.listing(pool, failed_only=True, limit=10) != []
+    config = tmp_path / "campaignd.toml"
+    config.write_text(f'[database]\nurl = "{database_url}"\n')
+    listing = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon", "notifications", "list", "--failed", "-c", str(config),
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await listing.communicate()
+    assert listing.returncode == 0
+    [header, line] = out.decode().splitlines()
+    assert header.startswith("WEBHOOK ID") and row["webhook_id"] in line
+    assert " failed " in line and line.endswith(row["last_error"])
 
 
 async def test_delivered_events_are_pruned_and_the_backlog_gauge_counts_pending(
