@@ -50,6 +50,7 @@ MAX_SLEEP = 30.0  # look at the outbox at least this often
 BLOCKED_SLEEP = 1.0  # due events held by another deliverer: look again this soon
 PRUNE_EVERY = 600.0
 BACKLOG_EVERY = 5.0  # the backlog gauge's refresh, at most this often
+MIN_PASS_INTERVAL = 0.05  # a burst of NOTIFYs (many runs starting) makes one pass per interval
 
 
 class NotificationDeliverer:
@@ -90,7 +91,7 @@ class NotificationDeliverer:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return
-        log.critical("notifications.failed", error=repr(task.exception()),
+        log.critical("notifications.deliverer_failed", error=repr(task.exception()),
                      exc_info=task.exception())
         # A dead deliverer must not look alive: the outbox would grow unseen.
         signal.raise_signal(signal.SIGTERM)
@@ -151,6 +152,7 @@ class NotificationDeliverer:
         delay = RETRY_FIRST
         while not self._stopping.is_set():
             self._wake.clear()
+            began = self._clock.monotonic()
             try:
                 if await self.deliver_once(sender):
                     continue  # the next events of those runs may be due at once
@@ -162,6 +164,9 @@ class NotificationDeliverer:
                             retry_in=round(delay, 2))
                 wake_at = self._clock.now() + timedelta(seconds=delay)
                 delay = min(delay * 2, RETRY_MAX)
+            rest = MIN_PASS_INTERVAL - (self._clock.monotonic() - began)
+            if rest > 0:
+                await self._clock.sleep(rest)
             await self._sleep_until(wake_at)
 
     async def deliver_once(self, sender: Sender) -> int:

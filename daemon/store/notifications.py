@@ -69,21 +69,26 @@ async def put_settings(db: Executor, events: Sequence[NotificationEvent] | None,
         events is not None, [event.value for event in events or ()], now)
 
 
-# Due pending events that are the first pending one of their run (a campaign event: of its
-# campaign), oldest first. A row another deliverer holds is skipped, and so, through the
-# NOT EXISTS, is every later event of its run: nothing of a run overtakes, or runs beside,
-# an event still pending.
-_CLAIM = """
+# Pending events that are the first pending one of their run (a campaign event: of its
+# campaign's). Only those may be sent: nothing of a run overtakes, or goes beside, an
+# event of that run still pending.
+_HEADS = """
+n.status = 'pending'
+AND NOT EXISTS (SELECT 1 FROM notifications e
+                WHERE e.status = 'pending' AND e.run_id IS NOT NULL
+                  AND e.run_id = n.run_id AND e.id < n.id)
+AND (n.run_id IS NOT NULL
+     OR NOT EXISTS (SELECT 1 FROM notifications e
+                    WHERE e.status = 'pending' AND e.campaign_id = n.campaign_id
+                      AND e.id < n.id))
+"""
+
+# The due heads, oldest first. A row another deliverer holds is skipped, and so, through
+# the NOT EXISTS, is every later event of its run.
+_CLAIM = f"""
 SELECT n.id, n.webhook_id, n.type, n.campaign_id, n.run_id, n.body, n.attempts, n.created_at
 FROM notifications n
-WHERE n.status = 'pending' AND n.next_attempt_at <= $1
-  AND NOT EXISTS (SELECT 1 FROM notifications e
-                  WHERE e.status = 'pending' AND e.run_id IS NOT NULL
-                    AND e.run_id = n.run_id AND e.id < n.id)
-  AND (n.run_id IS NOT NULL
-       OR NOT EXISTS (SELECT 1 FROM notifications e
-                      WHERE e.status = 'pending' AND e.campaign_id = n.campaign_id
-                        AND e.id < n.id))
+WHERE n.next_attempt_at <= $1 AND {_HEADS}
 ORDER BY n.next_attempt_at, n.id
 LIMIT $2
 FOR UPDATE OF n SKIP LOCKED
@@ -117,9 +122,13 @@ async def record(conn: Connection, attempts: Sequence[Attempt], now: datetime) -
 
 
 async def next_due(db: Executor) -> datetime | None:
-    """When the earliest pending event is due (it may be behind an earlier one of its run)."""
+    """When the earliest event that may be sent is due (not one behind an earlier event of
+    its run, which waits for that one)."""
+    # In the order of notifications_due, up to the first head: the rows visited are those
+    # the claim visits too (due, behind a pending event of their run).
     value: datetime | None = await db.fetchval(
-        "SELECT min(next_attempt_at) FROM notifications WHERE status = 'pending'")
+        f"SELECT n.next_attempt_at FROM notifications n WHERE {_HEADS} "
+        "ORDER BY n.next_attempt_at, n.id LIMIT 1")
     return value
 
 
