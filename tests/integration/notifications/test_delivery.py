@@ -27,6 +27,7 @@ from daemon.models import NotificationEvent
 from daemon.notifications.deliverer import NotificationDeliverer
 from daemon.notifications.sender import Sender, backoff
 from daemon.store import Pool
+from daemon.store import notifications as store
 
 SECRET = "whsec_" + base64.b64encode(b"notification-test-key-32-bytes!!").decode()
 
@@ -261,3 +262,31 @@ async def test_the_stage_writes_the_settings_the_triggers_read(
     row = await pool.fetchrow("SELECT * FROM notification_settings")
     assert not row["enabled"]
     assert NotificationEvent.RUN_FINISHED.value == "run.finished"
+
+
+async def test_the_next_wake_up_is_the_head_of_a_run_not_an_event_waiting_behind_it(
+        pool: Pool, clock: FakeClock, receiver: Receiver) -> None:
+    await add_event(pool, clock, "r1", 0)
+    receiver.answer = lambda _: 500
+    worker = deliverer(pool, clock, receiver, retry_first="1m")
+    async with Sender(worker.settings, clock, lambda: 0.0) as sender:
+        assert await worker.deliver_once(sender) == 1  # r1's first: retried in a minute
+    await add_event(pool, clock, "r1", 1)  # due now, but behind it
+    assert await store.next_due(pool) == clock.now() + timedelta(minutes=1)
+    assert await worker._between_passes() == clock.now() + timedelta(seconds=30)  # MAX_SLEEP
+
+
+async def test_the_claim_walks_the_pending_index_not_the_history(
+        pool: Pool, clock: FakeClock) -> None:
+    await pool.execute(
+        "INSERT INTO notifications (type, campaign_id, run_id, body, created_at, "
+        "next_attempt_at, status, finished_at) "
+        "SELECT 'run.finished', 'c1', 'old' || n, '{}', $1, $1, 'delivered', $1 "
+        "FROM generate_series(1, 20000) n", clock.now())
+    for n in range(5):
+        await add_event(pool, clock, f"r{n}")
+    await pool.execute("ANALYZE notifications")
+    plan = "\n".join(row[0] for row in await pool.fetch(
+        "EXPLAIN " + store._CLAIM, clock.now(), 64))
+    assert "Seq Scan" not in plan, plan
+    assert "notifications_due" in plan, plan
