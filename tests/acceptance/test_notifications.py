@@ -139,6 +139,10 @@ async def test_a_daemon_killed_before_the_post_got_through_delivers_after_restar
     async with asyncio.timeout(60), daemon.client() as http:
         while (await (await http.get(f"/v1/runs/{run_id}")).json())["status"] != "completed":
             await asyncio.sleep(0.05)
+    async with asyncio.timeout(30), daemon.client() as http:  # the backlog is visible
+        while "campaignd_notification_backlog 3.0" not in await (
+                await http.get("/metrics")).text():
+            await asyncio.sleep(0.1)
     tried = len(daemon.events("notification.retrying"))
     await daemon.wait_for_event("notification.retrying", count=tried + 1)  # still trying
     await daemon.kill()  # the run's end is committed, its events not delivered

@@ -290,3 +290,29 @@ async def test_the_claim_walks_the_pending_index_not_the_history(
         "EXPLAIN " + store._CLAIM, clock.now(), 64))
     assert "Seq Scan" not in plan, plan
     assert "notifications_due" in plan, plan
+
+
+async def test_a_reload_turns_notifications_off_and_on(
+        pool: Pool, receiver: Receiver) -> None:
+    from daemon.infra.config import Config
+
+    real = SystemClock()
+    worker = deliverer(pool, real, receiver)
+    await worker.start()
+    try:
+        await worker.reload(Config())  # the section removed
+        assert worker._task is None
+        assert not await pool.fetchval("SELECT enabled FROM notification_settings")
+        await worker.reload(Config.model_validate(
+            {"notifications": {"url": receiver.url, "secret": SECRET,
+                               "events": ["run.finished"]}}))
+        assert worker._task is not None and not worker._task.done()
+        assert await pool.fetchval("SELECT events FROM notification_settings") == [
+            "run.finished"]
+        webhook_id = await add_event(pool, real, "r1")
+        async with asyncio.timeout(10):
+            while not receiver.received:
+                await asyncio.sleep(0.02)
+        assert receiver.received[0].webhook_id == webhook_id
+    finally:
+        await worker.stop(5.0)
