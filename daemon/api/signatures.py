@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from pydantic import SecretStr
-
 from daemon.api.problems import problem
 from daemon.errors import Problem
+from daemon.infra.webhook_signing import digest, sign, signing_keys
+
+__all__ = ["is_signed", "sign", "signing_keys", "verify"]
 
 TOLERANCE_SECONDS = 5 * 60
 HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
@@ -33,19 +33,6 @@ def is_signed(headers: Mapping[str, str]) -> bool:
 
 def _refused(detail: str) -> Problem:
     return problem(401, "invalid_signature", detail)
-
-
-def signing_keys(secrets: Sequence[SecretStr]) -> list[bytes]:
-    """The HMAC keys of `whsec_` secrets (validated when the config was loaded)."""
-    return [
-        base64.b64decode(secret.get_secret_value().removeprefix("whsec_")) for secret in secrets
-    ]
-
-
-def sign(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
-    """The `v1,<base64>` signature of a message (what a sender computes)."""
-    signed = f"{webhook_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.digest(key, signed, hashlib.sha256)).decode()
 
 
 def _digest(text: str) -> bytes:
@@ -76,9 +63,8 @@ def verify(
         raise _refused("webhook-timestamp is more than 5 minutes away from the server's clock")
     given = [_digest(value) for version, _, value in (s.partition(",") for s in signatures.split())
              if version == "v1"]
-    signed = f"{webhook_id}.{timestamp}.".encode() + body
     for key in keys:
-        expected = hmac.digest(key, signed, hashlib.sha256)
+        expected = digest(key, webhook_id, timestamp, body)
         if any(hmac.compare_digest(expected, candidate) for candidate in given):
             return webhook_id
     raise _refused("no webhook-signature matches this body with a configured secret")
