@@ -106,7 +106,9 @@ class PrivateCluster:
                   "-l", str(self.folder / "log"))
 
     def restart(self) -> None:
-        self._run("pg_ctl", "restart", "-w", "-m", "fast", "-D", str(self.data))
+        # The log file keeps the new postmaster off our pipe (else `run` waits for its EOF).
+        self._run("pg_ctl", "restart", "-w", "-m", "fast", "-D", str(self.data),
+                  "-l", str(self.folder / "log"))
 
     def stop(self) -> None:
         with contextlib.suppress(BenchError):
@@ -146,6 +148,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--every", type=float, default=120.0, help="seconds between faults")
     parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--faults", default=",".join(FAULTS),
+                        help=f"the rotation, comma-separated (default {','.join(FAULTS)})")
 
 
 async def bench(options: Options) -> dict[str, Any]:
@@ -160,14 +164,18 @@ async def bench(options: Options) -> dict[str, Any]:
         cluster = PrivateCluster()
         await asyncio.to_thread(cluster.start)
     try:
-        return await _soak(options, cluster, minutes, every, rate, count)
+        rotation = [name for name in args.faults.split(",") if name]
+        unknown = sorted(set(rotation) - set(FAULTS))
+        if unknown:
+            raise BenchError(f"--faults: unknown {', '.join(unknown)} (known: {FAULTS})")
+        return await _soak(options, cluster, minutes, every, rate, count, rotation)
     finally:
         if cluster is not None:
             await asyncio.to_thread(cluster.stop)
 
 
 async def _soak(options: Options, cluster: PrivateCluster | None, minutes: float,
-                every: float, rate: int, count: int) -> dict[str, Any]:
+                every: float, rate: int, count: int, rotation: list[str]) -> dict[str, Any]:
     url = cluster.url if cluster is not None else options.database_url
     async with Harness("soak", smoke=options.smoke, database_url=url) as harness:
         assert harness.database is not None
@@ -196,7 +204,7 @@ async def _soak(options: Options, cluster: PrivateCluster | None, minutes: float
                     if report.get("status") in ("completed", "cancelled", "failed"):
                         break
                 if now >= next_fault and now - began < minutes * 60 - every / 2:
-                    fault = FAULTS[turn % len(FAULTS)]
+                    fault = rotation[turn % len(rotation)]
                     turn += 1
                     at = time.monotonic()
                     what = await inject(fault, harness, daemon, cluster)
