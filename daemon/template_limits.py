@@ -74,12 +74,12 @@ _CURRENT: ContextVar[Budget | None] = ContextVar("template_budget", default=None
 
 
 @contextmanager
-def budget() -> Iterator[Budget]:
-    """A fresh budget for the renders inside the block (one message)."""
-    fresh = Budget()
-    token = _CURRENT.set(fresh)
+def budget(given: Budget | None = None) -> Iterator[Budget]:
+    """A budget (a fresh one unless given) for the renders inside the block (one message)."""
+    current = Budget() if given is None else given
+    token = _CURRENT.set(current)
     try:
-        yield fresh
+        yield current
     finally:
         _CURRENT.reset(token)
 

@@ -291,13 +291,15 @@ class CompiledContent:
                 names |= read
         return cls(channel, tuple(fields), data, UNSUBSCRIBE_URL in names)
 
-    def render(self, variables: Mapping[str, Any]) -> dict[str, Any]:
-        """The rendered content fields; raises RenderError on any template failure."""
+    def render(self, variables: Mapping[str, Any], budget: limits.Budget | None = None
+               ) -> dict[str, Any]:
+        """The rendered content fields; raises RenderError on any template failure, a
+        spent budget included (a fresh one per call unless given)."""
         rendered: dict[str, Any] = {}
         field = ""
         scope = {**_GLOBALS, **variables}  # one per message, shared by its fields
         try:
-            with limits.budget():  # one budget for all the message's fields
+            with limits.budget(budget):  # one budget for all the message's fields
                 for field, renderer in self._fields:
                     rendered[field] = renderer(scope)
                 if self._data is not None:
