@@ -37,6 +37,8 @@ from jinja2.visitor import NodeTransformer
 MAX_STEPS = 10_000
 # Characters (and container elements) a message's templates may build in all.
 MAX_CHARS = 2_000_000
+# Deepest nesting of macro calls and recursive loops.
+MAX_DEPTH = 100
 # Largest width, padding, precision or count argument (`center(n)`, `'%5d'`, `batch(n)`).
 MAX_WIDTH = 10_000
 # How many elements (characters, for strings) a C-level pass over a value does per step.
@@ -53,24 +55,43 @@ class BudgetExceeded(SecurityError):
 
 
 class Budget:
-    """What is left to one message's render."""
+    """What is left to one message's render, and how deep its macro calls are nested."""
 
-    __slots__ = ("chars", "steps")
+    __slots__ = ("chars", "depth", "steps")
 
     def __init__(self) -> None:
         self.steps = MAX_STEPS
         self.chars = MAX_CHARS
+        self.depth = 0
 
     def spend(self, steps: int, chars: int = 0) -> None:
+        """Take `steps` and `chars`, or raise before the work they pay for is done (what
+        is left never goes below zero)."""
+        if steps > self.steps:
+            raise BudgetExceeded(f"the template took more than {MAX_STEPS} steps")
+        if chars > self.chars:
+            raise BudgetExceeded(f"the template built more than {MAX_CHARS} characters")
         self.steps -= steps
         self.chars -= chars
-        if self.steps < 0:
-            raise BudgetExceeded(f"the template took more than {MAX_STEPS} steps")
-        if self.chars < 0:
-            raise BudgetExceeded(f"the template built more than {MAX_CHARS} characters")
 
 
 _CURRENT: ContextVar[Budget | None] = ContextVar("template_budget", default=None)
+
+
+@contextmanager
+def nested() -> Iterator[None]:
+    """One level deeper in macro calls or a recursive loop: refused past MAX_DEPTH (the
+    thread's recursion limit would allow more, at a cost that grows with the depth)."""
+    current = _CURRENT.get()
+    if current is None:
+        raise BudgetExceeded("template code evaluated outside a render")
+    if current.depth >= MAX_DEPTH:
+        raise BudgetExceeded(f"macro calls or recursive loops nested deeper than {MAX_DEPTH}")
+    current.depth += 1
+    try:
+        yield
+    finally:
+        current.depth -= 1
 
 
 @contextmanager
@@ -99,7 +120,7 @@ def size_of(value: Any) -> tuple[int, int]:
     large as its text would be."""
     current = _CURRENT.get()
     chars_left, steps_left = (current.chars, current.steps) if current else (0, 0)
-    element_limit = max(steps_left, 0) * ELEMENTS_PER_STEP + 1
+    element_limit = steps_left * ELEMENTS_PER_STEP + 1
     chars = elements = 0
     stack = [value]
     while stack and chars <= chars_left and elements < element_limit:

@@ -97,6 +97,9 @@ class _Environment(SandboxedEnvironment):
         limits.spend(MACRO_CALL_STEPS if isinstance(function, Macro) else 1)
         if isinstance(function, LoopContext) and args:  # `loop(children)`: a recursive loop
             args = (limits.counted(args[0]), *args[1:])
+        if isinstance(function, Macro | LoopContext):
+            with limits.nested():
+                return super().call(context, function, *args, **kwargs)
         args = checked_call(function, args, kwargs)
         result = super().call(context, function, *args, **kwargs)
         if isinstance(result, str | bytes):
