@@ -66,7 +66,8 @@ class Budget:
 
     def spend(self, steps: int, chars: int = 0) -> None:
         """Take `steps` and `chars`, or raise before the work they pay for is done (what
-        is left never goes below zero)."""
+        is left never goes below zero, nor grows: a negative width pays nothing)."""
+        steps, chars = max(steps, 0), max(chars, 0)
         if steps > self.steps:
             raise BudgetExceeded(f"the template took more than {MAX_STEPS} steps")
         if chars > self.chars:

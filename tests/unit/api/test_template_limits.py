@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pytest
@@ -182,3 +182,12 @@ def test_the_internal_budget_filters_cannot_give_steps_back() -> None:
 def test_nothing_template_made_runs_outside_a_render() -> None:
     with pytest.raises(limits.BudgetExceeded):
         limits.spend(1)
+
+
+@pytest.mark.parametrize("source", ["{{ 'a'|center(-9000) }}", "{{ [1]|slice(-3)|list }}",
+                                    "{{ 'a'.ljust(-5000) }}", "{{ lipsum(-100, max=100) }}"])
+def test_a_negative_width_gives_no_budget_back(source: str) -> None:
+    budget = limits.Budget()
+    with suppress(RenderError):
+        sms(source).render(VARIABLES, budget)
+    assert budget.steps <= limits.MAX_STEPS and budget.chars <= limits.MAX_CHARS
