@@ -21,7 +21,7 @@ import re
 import string
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from functools import wraps
 from typing import Any
 
@@ -67,13 +67,17 @@ class Budget:
     def spend(self, steps: int, chars: int = 0) -> None:
         """Take `steps` and `chars`, or raise before the work they pay for is done (what
         is left never goes below zero, nor grows: a negative width pays nothing)."""
-        steps, chars = max(steps, 0), max(chars, 0)
-        if steps > self.steps:
-            raise BudgetExceeded(f"the template took more than {MAX_STEPS} steps")
-        if chars > self.chars:
-            raise BudgetExceeded(f"the template built more than {MAX_CHARS} characters")
+        if steps < 0 or chars < 0:
+            steps, chars = max(steps, 0), max(chars, 0)
+        if steps > self.steps or chars > self.chars:
+            raise self.exceeded(steps)
         self.steps -= steps
         self.chars -= chars
+
+    def exceeded(self, steps: int) -> BudgetExceeded:
+        if steps > self.steps:
+            return BudgetExceeded(f"the template took more than {MAX_STEPS} steps")
+        return BudgetExceeded(f"the template built more than {MAX_CHARS} characters")
 
 
 _CURRENT: ContextVar[Budget | None] = ContextVar("template_budget", default=None)
@@ -95,15 +99,13 @@ def nested() -> Iterator[None]:
         current.depth -= 1
 
 
-@contextmanager
-def budget(given: Budget | None = None) -> Iterator[Budget]:
-    """A budget (a fresh one unless given) for the renders inside the block (one message)."""
-    current = Budget() if given is None else given
-    token = _CURRENT.set(current)
-    try:
-        yield current
-    finally:
-        _CURRENT.reset(token)
+def begin(given: Budget | None = None) -> Token[Budget | None]:
+    """Start a message's render with a budget (a fresh one unless given); `end` it."""
+    return _CURRENT.set(Budget() if given is None else given)
+
+
+def end(token: Token[Budget | None]) -> None:
+    _CURRENT.reset(token)
 
 
 def spend(steps: int, chars: int = 0) -> None:
@@ -239,13 +241,20 @@ def bounded_filter(function: Callable[..., Any], name: str = "") -> Callable[...
 
     @wraps(function)  # keeps `jinja_pass_arg`, so context/eval_ctx are still passed
     def bounded(*args: Any, **kwargs: Any) -> Any:
-        spend(1)
-        if not light:
+        current = _CURRENT.get()
+        if current is None:
+            raise BudgetExceeded("template code evaluated outside a render")
+        if light or (len(args) == 1 and isinstance(args[0], str) and len(args[0]) < 1000):
+            if current.steps < 1:  # the common case (a short string), Budget.spend inline
+                raise current.exceeded(1)
+            current.steps -= 1
+        else:
+            current.spend(1)
             for arg in args[:2]:  # the value (after a context or environment argument)
                 charge_elements(arg, deep=deep)
         result = function(*args, **kwargs)
-        if isinstance(result, str | bytes):
-            spend(0, len(result))
+        if isinstance(result, str):
+            current.spend(0, len(result))
         return result
 
     return bounded
@@ -263,11 +272,19 @@ def finalize(eval_ctx: Any, value: Any) -> Any:
     """Each `{{ ... }}` output, as text, spends its length (inside macros and blocks too,
     whose output is buffered). Taking the evaluation context keeps Jinja from evaluating
     constant output when it compiles."""
-    if not isinstance(value, str) and not hasattr(value, "__html__"):
+    if not isinstance(value, str):
+        if hasattr(value, "__html__"):
+            spend(1)
+            return value
         value = str(value)
-        spend(1, len(value))
-    elif isinstance(value, str):
-        spend(1, len(value))
+    current = _CURRENT.get()
+    if current is None:
+        raise BudgetExceeded("template code evaluated outside a render")
+    size = len(value)
+    if current.steps < 1 or size > current.chars:  # Budget.spend, inline: once per output
+        raise current.exceeded(1)
+    current.steps -= 1
+    current.chars -= size
     return value
 
 
@@ -345,7 +362,8 @@ def instrument(tree: nodes.Template) -> nodes.Template:
     """`tree` with the budget spent in it: each loop iteration spends a step and its body's
     size, each macro and call block its body's, literals what they hold."""
     _Instrument().visit(tree)
-    tree.body = _prologue(tree.body, 1)
+    # The top level runs once per field: its nodes are bounded by the source's size (its
+    # outputs, calls and loops spend as anywhere), so it pays no prologue on the hot path.
     assert tree.environment is not None
     tree.set_environment(tree.environment)  # the nodes added know it too
     return tree

@@ -253,6 +253,9 @@ def _compile_text(field: str, source: Any, *, html: bool = False
         detail = exc.msg if isinstance(exc, SyntaxError) else type(exc).__name__
         raise TemplateProblem(field, None, f"the template is too complex to compile ({detail})"
                               ) from None
+    except Exception as exc:  # the code generator choking on odd input: still the input's
+        raise TemplateProblem(field, None, f"the template cannot be compiled ({type(exc).__name__})"
+                              ) from None
     return _compiled(field, template), names
 
 
@@ -301,21 +304,23 @@ class CompiledContent:
         rendered: dict[str, Any] = {}
         field = ""
         scope = {**_GLOBALS, **variables}  # one per message, shared by its fields
+        token = limits.begin(budget)  # one budget for all the message's fields
         try:
-            with limits.budget(budget):  # one budget for all the message's fields
-                for field, renderer in self._fields:
-                    rendered[field] = renderer(scope)
-                if self._data is not None:
-                    field = DATA_FIELD
-                    data: dict[str, Any] = {}
-                    for key, value in self._data:
-                        field = f"{DATA_FIELD}.{key}"
-                        data[key] = value(scope)
-                    rendered[DATA_FIELD] = data
+            for field, renderer in self._fields:
+                rendered[field] = renderer(scope)
+            if self._data is not None:
+                field = DATA_FIELD
+                data: dict[str, Any] = {}
+                for key, value in self._data:
+                    field = f"{DATA_FIELD}.{key}"
+                    data[key] = value(scope)
+                rendered[DATA_FIELD] = data
         except RenderError:
             raise
         except Exception as exc:  # any failure inside a template is the template's
             raise RenderError(f"content.{field}: {_describe(exc)}") from None
+        finally:
+            limits.end(token)
         return rendered
 
 
