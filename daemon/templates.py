@@ -27,6 +27,7 @@ from jinja2.environment import Template
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import LoopContext, Macro
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import Cycler, Namespace
 
 from daemon import template_limits as limits
 from daemon.errors import CampaigndError
@@ -72,6 +73,9 @@ class RenderError(CampaigndError):
         super().__init__(reason)
 
 
+# The globals that build a container of their arguments.
+_CONTAINER_MAKERS = (dict, Namespace, Cycler)
+
 # What `getattr` finds on a plain dict: its methods (a dict instance has no own attributes).
 _DICT_ATTRIBUTES = frozenset(dir(dict))
 
@@ -104,8 +108,8 @@ class _Environment(SandboxedEnvironment):
         result = super().call(context, function, *args, **kwargs)
         if isinstance(result, str | bytes):
             limits.spend(0, len(result))
-        elif function is dict or getattr(function, "__name__", "") in ("namespace", "cycler"):
-            limits.charge_value(result if function is dict else (args, kwargs))
+        elif function in _CONTAINER_MAKERS:  # what they hold is what they were given
+            limits.charge_value((args, kwargs))
         return result
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:

@@ -105,6 +105,9 @@ def test_loops_calls_and_filters_spend_steps(source: str, spent: str) -> None:
     "{{ ('a' * 100000).replace('', 'b' * 100000) }}",
     "{{ ('\t' * 100000).expandtabs(10000) }}",
     "{{ {}.fromkeys(range(100000), 'a' * 100000) }}",
+    "{% set b = 'a' * 100000 %}{{ dict(" + ", ".join(f"k{n}=b" for n in range(100)) + ") }}",
+    "{% set b = 'a' * 100000 %}{{ namespace(" + ", ".join(f"k{n}=b" for n in range(100))
+    + ") }}",
     "{{ ('a\n' * 50000)|indent(10000) }}",
     "{{ ('a ' * 50000)|wordwrap(1, wrapstring='b' * 100000) }}",
     "{{ ('%10000s' * 10000)|format(*range(10000)) }}",
