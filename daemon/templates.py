@@ -29,6 +29,7 @@ from jinja2.runtime import LoopContext, Macro
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Cycler, Namespace
 
+from daemon import template_compiler as compiler
 from daemon import template_limits as limits
 from daemon.errors import CampaigndError
 from daemon.models import Channel
@@ -85,7 +86,7 @@ class _Environment(SandboxedEnvironment):
     loop spending from the render's budget; not optimised, so nothing runs at compile."""
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
-    code_generator_class = limits.BoundedCodeGenerator
+    code_generator_class = compiler.BoundedCodeGenerator
 
     def __init__(self, *, autoescape: bool) -> None:
         super().__init__(undefined=StrictUndefined, autoescape=autoescape,
@@ -243,8 +244,8 @@ def _compile_text(field: str, source: Any, *, html: bool = False
     environment = _HTML if html else _TEXT
     try:
         tree = environment.parse(source)
-        names = limits.undeclared_variables(tree)
-        template = environment.from_string(limits.instrument(tree))
+        names = compiler.undeclared_variables(tree)
+        template = environment.from_string(compiler.instrument(tree))
     except TemplateSyntaxError as exc:
         raise TemplateProblem(field, exc.lineno, exc.message or "invalid template") from None
     except SecurityError as exc:
