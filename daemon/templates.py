@@ -10,6 +10,9 @@ Templates see `profile`, `context`, `campaign`, `run` and `unsubscribe_url`. A m
 fields all render from one scope (the environment's globals and the variables, merged once
 per message), each field in its own Jinja context over it: what `Template.render` would
 build per field (a copy of the globals' ChainMap and the variables) is built once.
+
+What a render may cost is bounded (daemon.template_limits: one budget of steps and
+characters per message, caps on widths) and nothing is evaluated when a template compiles.
 """
 
 from __future__ import annotations
@@ -17,15 +20,20 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta
+from jinja2 import StrictUndefined, TemplateSyntaxError
 from jinja2.environment import Template
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import LoopContext, Macro
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import Cycler, Namespace
 
+from daemon import template_compiler as compiler
+from daemon import template_limits as limits
 from daemon.errors import CampaigndError
 from daemon.models import Channel
+from daemon.template_filters import BOUNDED_GLOBALS, bounded_filters, checked_call
 
 # Largest string/list a template may build with `*`, largest exponent for `**`,
 # and largest rendered field: far above any real message, far below trouble.
@@ -33,6 +41,8 @@ MAX_PRODUCT_LENGTH = 100_000
 MAX_EXPONENT = 64
 MAX_POWER_BITS = 4096
 MAX_RENDERED_CHARS = 1_000_000
+# A macro call does as much as some ten other steps (Jinja binds its arguments in Python).
+MACRO_CALL_STEPS = 10
 
 # The content fields of each channel: name -> required.
 CHANNEL_FIELDS: dict[Channel, dict[str, bool]] = {
@@ -64,14 +74,70 @@ class RenderError(CampaigndError):
         super().__init__(reason)
 
 
+# The globals that build a container of their arguments.
+_CONTAINER_MAKERS = (dict, Namespace, Cycler)
+
 # What `getattr` finds on a plain dict: its methods (a dict instance has no own attributes).
 _DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
 class _Environment(SandboxedEnvironment):
-    """The sandbox, plus bounds on `*` and `**` (intercepted, so never constant-folded)."""
+    """The sandbox, with every call, filter, test, output and operator that can build or
+    loop spending from the render's budget; not optimised, so nothing runs at compile."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = compiler.BoundedCodeGenerator
+
+    def __init__(self, *, autoescape: bool) -> None:
+        super().__init__(undefined=StrictUndefined, autoescape=autoescape,
+                         keep_trailing_newline=True, optimized=False,
+                         finalize=limits.finalize)
+        self.filters = bounded_filters(self.filters)
+        self.filters.update(limits.INTERNAL_FILTERS)
+        self.tests = {name: limits.bounded_filter(cast(Callable[..., Any], test), name)
+                      for name, test in self.tests.items()}
+        self.globals.update(BOUNDED_GLOBALS)
+
+    def call(self, context: Any, function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        limits.spend(MACRO_CALL_STEPS if isinstance(function, Macro) else 1)
+        if isinstance(function, LoopContext) and args:  # `loop(children)`: a recursive loop
+            args = (limits.counted(args[0]), *args[1:])
+        if isinstance(function, Macro | LoopContext):
+            with limits.nested():
+                return super().call(context, function, *args, **kwargs)
+        args = checked_call(function, args, kwargs)
+        result = super().call(context, function, *args, **kwargs)
+        if isinstance(result, str | bytes):
+            limits.spend(0, len(result))
+        elif function in _CONTAINER_MAKERS:  # what they hold is what they were given
+            limits.charge_value((args, kwargs))
+        return result
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        template = value.__self__
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            limits.spend(1, limits.check_format(template))
+            return wrapped(*args, **kwargs)
+
+        return bounded
+
+    def bounded_concat(self, join: Callable[[Any], str], parts: tuple[Any, ...]) -> str:
+        """`a ~ b ~ ...`: its strings charged before they are joined."""
+        known = sum(len(part) for part in parts if isinstance(part, str))
+        limits.spend(1, known)
+        result = join(parts)
+        limits.spend(0, max(len(result) - known, 0))
+        return result
+
+    def searched(self, container: Any) -> Any:
+        """The right side of `in`: a pass over it charged (not over a dict or a set)."""
+        if not isinstance(container, dict | set | frozenset):
+            limits.charge_pass(container)
+        return container
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         """`profile.attributes.name` on a plain dict: its item straight away, as the sandbox
@@ -86,6 +152,7 @@ class _Environment(SandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        limits.spend(1)
         if operator_name == "*":
             _check_product(left, right)
             _check_product(right, left)
@@ -93,16 +160,25 @@ class _Environment(SandboxedEnvironment):
         if operator_name == "**":
             _check_power(left, right)
             return operator.pow(left, right)
+        if operator_name == "%" and isinstance(left, str):
+            limits.spend(0, limits.check_percent(left))
+            return limits.charge_value(operator.mod(left, right))
+        if operator_name == "+":
+            return limits.charge_value(operator.add(left, right))
         return super().call_binop(context, operator_name, left, right)
 
 
 def _check_product(sequence: Any, times: Any) -> None:
-    if (
-        isinstance(sequence, str | list | tuple | bytes)
-        and isinstance(times, int)
-        and len(sequence) * times > MAX_PRODUCT_LENGTH
-    ):
+    if not isinstance(sequence, str | list | tuple | bytes) or not isinstance(times, int):
+        return
+    if len(sequence) * times > MAX_PRODUCT_LENGTH:
         raise SecurityError(f"a repeated sequence longer than {MAX_PRODUCT_LENGTH} refused")
+    times = max(times, 0)
+    if isinstance(sequence, str | bytes):
+        limits.spend(1 + len(sequence) * times // limits.CHARS_PER_STEP, len(sequence) * times)
+    else:
+        chars, elements = limits.size_of(sequence)
+        limits.spend(1 + elements * times // limits.ELEMENTS_PER_STEP, chars * times)
 
 
 def _check_power(base: Any, exponent: Any) -> None:
@@ -114,8 +190,8 @@ def _check_power(base: Any, exponent: Any) -> None:
         raise SecurityError(f"a power above {MAX_POWER_BITS} bits refused")
 
 
-_TEXT = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-_HTML = _Environment(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True)
+_TEXT = _Environment(autoescape=False)
+_HTML = _Environment(autoescape=True)
 # The globals templates see (`range`, `dict`, ...): the same in both environments.
 _GLOBALS: dict[str, Any] = dict(_TEXT.globals)
 assert dict(_HTML.globals) == _GLOBALS
@@ -145,10 +221,15 @@ def _compiled(field: str, template: Template) -> _Renderer:
         # twice) and the variables: `scope` holds both already; the template's own
         # assignments go to its context.
         context = new_context(environment, scope, name, blocks)  # type: ignore[arg-type]
-        text = str(environment.concat(root(context)))
-        if len(text) > MAX_RENDERED_CHARS:
-            raise RenderError(f"content.{field}: rendered text longer than {MAX_RENDERED_CHARS}")
-        return text
+        parts: list[str] = []
+        size = 0
+        for part in root(context):  # counted as it grows: a long output fails early
+            size += len(part)
+            if size > MAX_RENDERED_CHARS:
+                raise RenderError(
+                    f"content.{field}: rendered text longer than {MAX_RENDERED_CHARS}")
+            parts.append(part)
+        return "".join(parts)
 
     return render
 
@@ -163,14 +244,24 @@ def _compile_text(field: str, source: Any, *, html: bool = False
     environment = _HTML if html else _TEXT
     try:
         tree = environment.parse(source)
-        template = environment.from_string(tree)
+        names = compiler.undeclared_variables(tree)
+        template = environment.from_string(compiler.instrument(tree))
     except TemplateSyntaxError as exc:
         raise TemplateProblem(field, exc.lineno, exc.message or "invalid template") from None
     except SecurityError as exc:
         raise TemplateProblem(field, None, str(exc)) from None
     except RecursionError:
         raise TemplateProblem(field, None, "the template is nested too deeply") from None
-    return _compiled(field, template), frozenset(meta.find_undeclared_variables(tree))
+    except (SyntaxError, MemoryError, OverflowError, ValueError) as exc:
+        # Python's own compiler refusing the generated code: too many nested parentheses,
+        # statically nested blocks, ...; the template's fault, said without its source.
+        detail = exc.msg if isinstance(exc, SyntaxError) else type(exc).__name__
+        raise TemplateProblem(field, None, f"the template is too complex to compile ({detail})"
+                              ) from None
+    except Exception as exc:  # the code generator choking on odd input: still the input's
+        raise TemplateProblem(field, None, f"the template cannot be compiled ({type(exc).__name__})"
+                              ) from None
+    return _compiled(field, template), names
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,11 +302,14 @@ class CompiledContent:
                 names |= read
         return cls(channel, tuple(fields), data, UNSUBSCRIBE_URL in names)
 
-    def render(self, variables: Mapping[str, Any]) -> dict[str, Any]:
-        """The rendered content fields; raises RenderError on any template failure."""
+    def render(self, variables: Mapping[str, Any], budget: limits.Budget | None = None
+               ) -> dict[str, Any]:
+        """The rendered content fields; raises RenderError on any template failure, a
+        spent budget included (a fresh one per call unless given)."""
         rendered: dict[str, Any] = {}
         field = ""
         scope = {**_GLOBALS, **variables}  # one per message, shared by its fields
+        token = limits.begin(budget)  # one budget for all the message's fields
         try:
             for field, renderer in self._fields:
                 rendered[field] = renderer(scope)
@@ -230,6 +324,8 @@ class CompiledContent:
             raise
         except Exception as exc:  # any failure inside a template is the template's
             raise RenderError(f"content.{field}: {_describe(exc)}") from None
+        finally:
+            limits.end(token)
         return rendered
 
 

@@ -118,6 +118,29 @@ async def test_a_render_error_fails_that_recipient_only(
         "Hi N0", "Hi N1", "Hi N3"]
 
 
+async def test_a_render_over_its_budget_fails_that_recipient_and_the_run_goes_on(
+    pool: Pool, gateway: Gateway, start_engine: EngineFactory
+) -> None:
+    stall = ("{% if profile.id == 'p2' %}{% for i in range(100000) %}{% for j in range(3000) %}"
+             "{% endfor %}{% endfor %}{% endif %}")
+    grow = ("{% if profile.id == 'p3' %}{% for i in range(3000) %}{{ 'a' * 100000 }}"
+            "{% endfor %}{% endif %}")
+    await make_campaign(pool, "c1", content={"body": stall + grow + "Hi {{ profile.id }}"})
+    await add_profiles(pool, 5, audience="a1")
+    await start_engine(engine_config(gateway))
+    run_id = await trigger(pool, "c1", audience="a1")
+    row = await wait_run_status(pool, run_id)
+    assert (row["sent"], row["failed"]) == (3, 2)
+    failed = {r["profile_id"]: r for r in await recipient_rows(pool, run_id)
+              if r["status"] == "failed"}
+    assert {p: (r["reason"], r["attempts"]) for p, r in failed.items()} == {
+        "p2": ("render_error", 0), "p3": ("render_error", 0)}
+    assert "more than 10000 steps" in failed["p2"]["error"]
+    assert "more than" in failed["p3"]["error"]
+    assert sorted(a.body["content"]["body"] for a in gateway.arrivals) == [
+        "Hi p0", "Hi p1", "Hi p4"]
+
+
 async def test_cancel_mid_run_stops_within_a_second(
     pool: Pool, gateway: Gateway, start_engine: EngineFactory
 ) -> None:
