@@ -133,8 +133,9 @@ async def test_json_bodies_400_413_415(client: TestClient) -> None:
     assert ok.status == 200 and await ok.json() == {"x": 1}
 
 
-async def test_readyz_and_metrics(client: TestClient) -> None:
+async def test_readyz_and_metrics(client: TestClient, pool: Pool) -> None:
     response = await client.get("/readyz")
     assert response.status == 200
-    metrics = await (await client.get("/metrics")).text()
+    admin = await tokens.create(pool, "admin", TokenScope.ADMIN)
+    metrics = await (await client.get("/metrics", headers=bearer(admin))).text()
     assert "campaignd_http_requests_total" in metrics
