@@ -20,7 +20,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import SecretStr
 
@@ -29,6 +29,7 @@ from daemon.errors import Problem
 from daemon.infra.config import BoundWebhookSecret
 
 TOLERANCE_SECONDS = 5 * 60
+CLAIM_MARGIN_SECONDS = 60
 HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 MAX_ID_LENGTH = 255
 
@@ -67,6 +68,14 @@ class SignedTrigger:
 
     def allows(self, campaign_id: str) -> bool:
         return self.campaigns is None or campaign_id in self.campaigns
+
+    @property
+    def taken_until(self) -> datetime:
+        """How long its webhook-id stays taken: while a request carrying it could still
+        verify (its timestamp within the tolerance), plus a margin for several daemons'
+        clocks."""
+        return (datetime.fromtimestamp(self.timestamp, UTC)
+                + timedelta(seconds=TOLERANCE_SECONDS + CLAIM_MARGIN_SECONDS))
 
 
 def trigger_keys(secrets: Sequence[SecretStr | BoundWebhookSecret]) -> list[TriggerKey]:

@@ -3,8 +3,9 @@
 Validation in Python, then one SQL statement (one round trip, see `store.triggers`)
 that checks the campaign, creates the run with its inline recipients and notifies
 the engine. Only when it created nothing does the handler look at why: a replay
-of an idempotency key (the same run, or 422 for another body), the campaign's
-state (409), or its audience (422).
+of an idempotency key (the same run, or 422 for another body), a webhook-id another
+campaign took (422: a signed request is good for one campaign, see
+docs/security-triggers.md), the campaign's state (409), or its audience (422).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -117,20 +118,10 @@ async def _authenticate(request: web.Request, raw: bytes | None
     if not signed.allows(campaign_id):
         # Taken all the same: replayed at a campaign the secret may trigger, it is refused.
         await store.remember_webhook_id(ctx.pool, signed.webhook_id, campaign_id, now,
-                                        _claim_expiry(signed))
+                                        signed.taken_until)
         raise problem(403, "campaign_not_allowed",
                       "the secret that signed this request may not trigger this campaign")
     return signed
-
-
-# A webhook-id is kept while a request carrying it could still verify (its timestamp is
-# within the tolerance of our clock), plus a margin for the clocks of several daemons.
-CLAIM_MARGIN = timedelta(seconds=60)
-
-
-def _claim_expiry(signed: signatures.SignedTrigger) -> datetime:
-    return (datetime.fromtimestamp(signed.timestamp, UTC)
-            + timedelta(seconds=signatures.TOLERANCE_SECONDS) + CLAIM_MARGIN)
 
 
 def _reused_webhook_id() -> Problem:
@@ -169,7 +160,7 @@ async def _read(request: web.Request) -> TriggerRequest:
         trigger = _validated(campaign_id, key, raw, limits)
     if verified is None:
         return trigger
-    return dataclasses.replace(trigger, signed_until=_claim_expiry(verified))
+    return dataclasses.replace(trigger, signed_until=verified.taken_until)
 
 
 def _validated(campaign_id: str, key: str | None, raw: bytes, limits: dict[str, Any]
