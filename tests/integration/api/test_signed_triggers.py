@@ -3,6 +3,7 @@ across all campaigns, and a secret may be bound to the campaigns it may trigger.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,19 @@ async def test_expired_webhook_ids_are_pruned_by_later_triggers(api: Api) -> Non
                        headers=_signed(WEBHOOK_SECRET, f"new_{n}", api.clock.now()), token=None)
     left = await api.pool.fetch("SELECT webhook_id FROM signed_trigger_ids ORDER BY 1")
     assert [r["webhook_id"] for r in left] == ["new_0", "new_1"]
+
+
+async def test_simultaneous_requests_with_one_webhook_id_at_two_campaigns_make_one_run(
+    api: Api,
+) -> None:
+    await _campaigns(api, "w2", "w3")
+    headers = _signed(WEBHOOK_SECRET, "msg_race")
+
+    async def fire(campaign_id: str) -> int:
+        response = await api.post(_trigger(campaign_id), data=BODY, headers=headers, token=None)
+        return response.status
+
+    statuses = await asyncio.gather(*(fire(c) for c in ("w2", "w3") * 10))
+    assert sorted(set(statuses)) == [202, 422], statuses
+    runs = await api.pool.fetchval("SELECT count(*) FROM runs")
+    assert runs == 1
