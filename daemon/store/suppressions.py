@@ -33,12 +33,20 @@ def digest_sql(channel: Channel, expression: str) -> str:
 
 
 def suppressed_sql(channel: Channel, address: str) -> str:
-    """SQL: the address (a push channel: any of the tokens of the array) is suppressed."""
+    """SQL: the address (a push channel: any of the tokens of the array) is suppressed.
+
+    The digest costs ~3 µs a row in PostgreSQL (an import creates ~100,000 profiles/s), so
+    it is computed only when the channel has any suppression: the uncorrelated EXISTS is
+    evaluated once per statement (an InitPlan), and CASE skips the per-row probe."""
     if channel is Channel.PUSH:
-        return (f"EXISTS (SELECT 1 FROM unnest({address}) AS t(token) JOIN suppressions s "
-                f"ON s.channel = 'push' AND s.address_sha256 = {digest_sql(channel, 't.token')})")
-    return (f"EXISTS (SELECT 1 FROM suppressions s WHERE s.channel = '{channel.value}' "
-            f"AND s.address_sha256 = {digest_sql(channel, address)})")
+        probe = (f"EXISTS (SELECT 1 FROM unnest({address}) AS t(token) JOIN suppressions sup "
+                 f"ON sup.channel = 'push' "
+                 f"AND sup.address_sha256 = {digest_sql(channel, 't.token')})")
+    else:
+        probe = (f"EXISTS (SELECT 1 FROM suppressions sup WHERE sup.channel = '{channel.value}' "
+                 f"AND sup.address_sha256 = {digest_sql(channel, address)})")
+    return (f"CASE WHEN EXISTS (SELECT 1 FROM suppressions WHERE channel = '{channel.value}') "
+            f"THEN {probe} ELSE false END")
 
 
 def addresses_sql(channel: Channel, row: str) -> str:
