@@ -248,7 +248,9 @@ def build(operations: list[Operation]) -> dict[str, Any]:
                     "type": "apiKey", "in": "header", "name": "webhook-signature",
                     "description": "Standard Webhooks: `webhook-id`, `webhook-timestamp` and "
                     "`webhook-signature: v1,<base64 HMAC-SHA256>` with a secret of "
-                    "`auth.webhook_secrets` (triggers only)."},
+                    "`auth.webhook_secrets` (triggers only). A `webhook-id` is good for one "
+                    "campaign; a secret bound to campaigns triggers only those (403 "
+                    "`campaign_not_allowed`)."},
             },
         },
     }

@@ -3,8 +3,13 @@ authenticates, at most once a minute per token."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
+from pathlib import Path
 
+import pytest
+
+from daemon.cli.main import main
 from daemon.store import tokens
 from tests.integration.api.conftest import START, Api
 
@@ -42,3 +47,17 @@ async def test_unknown_and_revoked_tokens_write_nothing(api: Api) -> None:
     await api.json("GET", "/v1/runs/run_x", 401, token="trigger")
     await api.json("GET", "/v1/runs/run_x", 401, token="cmpd_unknown")
     assert (await _last_used(api))["test-trigger"] is None
+
+
+async def test_tokens_list_shows_when_a_token_was_last_used(
+    api: Api, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    await api.json("GET", "/v1/campaigns", 200)
+    monkeypatch.setenv("CAMPAIGND_DATABASE_URL", api.database_url)
+    monkeypatch.setenv("CAMPAIGND_STATE_DIR", str(tmp_path))
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["tokens", "list"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["test-admin"].split()[4:6] == ["2026-03-01", "12:00:00"]
+    assert lines["test-trigger"].split()[4] == "-"
