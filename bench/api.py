@@ -132,6 +132,7 @@ class Api:
         *,
         audience: str | None = None,
         rate: int | None = None,
+        pool: str | None = None,
         start_at: str | None = None,
         end_at: str | None = None,
         activate: bool = True,
@@ -144,8 +145,8 @@ class Api:
             body["audience"] = audience
         if start_at is not None or end_at is not None:
             body["schedule"] = {"start_at": start_at, "end_at": end_at}
-        if rate is not None:
-            body["throttle"] = {"rate_per_second": rate}
+        if rate is not None or pool is not None:
+            body["throttle"] = {"rate_per_second": rate, "pool": pool}
         created: dict[str, Any] = await self.request(
             "POST", "/v1/campaigns", json=body, expect=(201,)
         )

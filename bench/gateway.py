@@ -80,6 +80,7 @@ class Records:
 
 
 RECORDS = web.AppKey("records", Records)
+STALL = web.AppKey("stall", list)  # [monotonic time until which answers are held]
 OK_BODY = b"{}"
 
 
@@ -96,6 +97,15 @@ async def message(request: web.Request) -> web.Response:
         run = document.get("run_id")
         key = key or document.get("id")
     request.app[RECORDS].add(key, campaign, run)
+    if (left := request.app[STALL][0] - time.monotonic()) > 0:
+        await asyncio.sleep(left)
+    return web.Response(body=OK_BODY, content_type="application/json")
+
+
+async def stall(request: web.Request) -> web.Response:
+    """Hold every answer until `seconds` from now (a provider that stalls, then answers
+    everything at once); arrivals are still recorded when they come."""
+    request.app[STALL][0] = time.monotonic() + float(request.query.get("seconds", "0"))
     return web.Response(body=OK_BODY, content_type="application/json")
 
 
@@ -119,9 +129,11 @@ async def reset(request: web.Request) -> web.Response:
 def build_app() -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[RECORDS] = Records()
+    app[STALL] = [0.0]
     app.router.add_get("/_dump", dump)
     app.router.add_get("/_count", count)
     app.router.add_post("/_reset", reset)
+    app.router.add_post("/_stall", stall)
     app.router.add_post("/{tail:.*}", message)
     return app
 

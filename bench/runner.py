@@ -31,6 +31,7 @@ EXIT_MISSING = 3
 class Options:
     smoke: bool
     database_url: str | None
+    args: argparse.Namespace | None = None  # with a bench's own options (`add_options`)
 
 
 BenchFunction = Callable[[Options], Coroutine[Any, Any, dict[str, Any]]]
@@ -83,14 +84,17 @@ def summarise(lines: list[str]) -> None:
         print(line, file=sys.stderr)
 
 
-def main(name: str, bench: BenchFunction, description: str) -> None:
+def main(name: str, bench: BenchFunction, description: str,
+         add_options: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=description)
+    if add_options is not None:
+        add_options(parser)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, for CI")
     parser.add_argument("--database-url", default=None,
                         help="PostgreSQL server to create the bench database on "
                              "(default: BENCH_DATABASE_URL, the machine's, or embedded)")
     args = parser.parse_args()
-    options = Options(smoke=args.smoke, database_url=args.database_url)
+    options = Options(smoke=args.smoke, database_url=args.database_url, args=args)
     began = time.monotonic()
     document: dict[str, Any] = {
         "bench": name,

@@ -68,3 +68,20 @@ class EndReason(enum.StrEnum):
 class TokenScope(enum.StrEnum):
     ADMIN = "admin"
     TRIGGER = "trigger"
+
+
+class NotificationEvent(enum.StrEnum):
+    """Lifecycle notifications (SPEC §9.4), as `type` in their JSON and in `events = [...]`."""
+
+    RUN_STARTED = "run.started"
+    RUN_PAUSED = "run.paused"
+    RUN_RESUMED = "run.resumed"
+    RUN_REPLANNED = "run.replanned"
+    RUN_FINISHED = "run.finished"
+    CAMPAIGN_COMPLETED = "campaign.completed"
+
+
+class NotificationStatus(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from daemon.engine import stage as engine
+from daemon.notifications import deliverer as notifications
 from daemon.providers import registry
 from daemon.receipts import writer as receipts
 from daemon.service import StageFactory
 
 
 def default_stages() -> list[StageFactory]:
-    """Providers, then the engine that uses them, then the receipt writer: the writer stops
-    first (once the HTTP server has answered the requests in flight), then the engine."""
-    return [registry.stage, engine.stage, receipts.stage]
+    """Providers, then the engine that uses them, then the receipt writer, then the
+    notification deliverer: the deliverer stops first (the events of the engine's last
+    writes stay in the outbox, for the next start or another daemon), then the writer
+    (once the HTTP server has answered the requests in flight), then the engine."""
+    return [registry.stage, engine.stage, receipts.stage, notifications.stage]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,10 @@ from pydantic import SecretStr
 from daemon.api.problems import problem
 from daemon.errors import Problem
 from daemon.infra.config import BoundWebhookSecret
+from daemon.infra.webhook_signing import digest, sign, signing_key, signing_keys
+
+__all__ = ["SignedTrigger", "TriggerKey", "is_signed", "sign", "signing_keys", "trigger_keys",
+           "verify", "verify_trigger"]
 
 TOLERANCE_SECONDS = 5 * 60
 CLAIM_MARGIN_SECONDS = 60
@@ -41,13 +44,6 @@ def is_signed(headers: Mapping[str, str]) -> bool:
 
 def _refused(detail: str) -> Problem:
     return problem(401, "invalid_signature", detail)
-
-
-def signing_keys(secrets: Sequence[SecretStr]) -> list[bytes]:
-    """The HMAC keys of `whsec_` secrets (validated when the config was loaded)."""
-    return [
-        base64.b64decode(secret.get_secret_value().removeprefix("whsec_")) for secret in secrets
-    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,17 +79,11 @@ def trigger_keys(secrets: Sequence[SecretStr | BoundWebhookSecret]) -> list[Trig
     keys = []
     for secret in secrets:
         if isinstance(secret, BoundWebhookSecret):
-            keys.append(TriggerKey(signing_keys([secret.secret])[0],
+            keys.append(TriggerKey(signing_key(secret.secret.get_secret_value()),
                                    frozenset(secret.campaigns)))
         else:
-            keys.append(TriggerKey(signing_keys([secret])[0], None))
+            keys.append(TriggerKey(signing_key(secret.get_secret_value()), None))
     return keys
-
-
-def sign(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
-    """The `v1,<base64>` signature of a message (what a sender computes)."""
-    signed = f"{webhook_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.digest(key, signed, hashlib.sha256)).decode()
 
 
 def _digest(text: str) -> bytes:
@@ -125,10 +115,9 @@ def _matches(
         raise _refused("webhook-timestamp is more than 5 minutes away from the server's clock")
     given = [_digest(value) for version, _, value in (s.partition(",") for s in signatures.split())
              if version == "v1"]
-    signed = f"{webhook_id}.{timestamp}.".encode() + body
     matched = []
     for index, key in enumerate(keys):
-        expected = hmac.digest(key, signed, hashlib.sha256)
+        expected = digest(key, webhook_id, timestamp, body)
         if any(hmac.compare_digest(expected, candidate) for candidate in given):
             matched.append(index)
     if not matched:

@@ -15,7 +15,7 @@ from daemon.models import TokenScope
 from daemon.store import tokens
 
 
-def _with_pool(config: Config, work: Callable[[Pool], Awaitable[int]]) -> int:
+def with_pool(config: Config, work: Callable[[Pool], Awaitable[int]]) -> int:
     # Logs of these short commands go to stderr, so stdout carries only their answer.
     logs.configure("warning", "console", stream=sys.stderr)
 
@@ -37,7 +37,7 @@ def _migrate(args: argparse.Namespace) -> int:
             print("the database is up to date")
         return 0
 
-    return _with_pool(config, work)
+    return with_pool(config, work)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -85,7 +85,7 @@ def _tokens_create(args: argparse.Namespace) -> int:
         print(token)
         return 0
 
-    return _with_pool(config, work)
+    return with_pool(config, work)
 
 
 def _tokens_list(args: argparse.Namespace) -> int:
@@ -100,7 +100,7 @@ def _tokens_list(args: argparse.Namespace) -> int:
             print(f"{info.name:24} {info.scope.value:8} {created:20} {used:20} {state}")
         return 0
 
-    return _with_pool(config, work)
+    return with_pool(config, work)
 
 
 def _tokens_revoke(args: argparse.Namespace) -> int:
@@ -112,7 +112,7 @@ def _tokens_revoke(args: argparse.Namespace) -> int:
         print(f"revoked {args.name}")
         return 0
 
-    return _with_pool(config, work)
+    return with_pool(config, work)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from daemon import __version__
-from daemon.cli import admin, campaigns, profiles, runs, trigger
+from daemon.cli import admin, campaigns, notifications, profiles, runs, trigger
 from daemon.cli.common import add_config_argument, fail, load_config
 from daemon.errors import CampaigndError
 from daemon.infra import logs
@@ -24,6 +24,7 @@ COMMAND_MODULES: list[Callable[[argparse._SubParsersAction[argparse.ArgumentPars
     trigger.register,
     profiles.register,
     runs.register,
+    notifications.register,
 ]
 
 

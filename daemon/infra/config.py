@@ -24,18 +24,21 @@ from pydantic import (
     SecretStr,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from daemon.errors import ConfigError
 from daemon.infra.durations import Duration
 
 __all__ = ["Config", "ConfigError", "load", "redact_url", "systemd_environ"]
-from daemon.models import Channel
+from daemon.models import Channel, NotificationEvent
 from daemon.providers.settings import (
     LogProviderSettings,
     ProviderSettings,
     check_webhook_secret,
+    resolve_secret,
 )
 
 ENV_PREFIX = "CAMPAIGND_"
@@ -153,6 +156,54 @@ class LogSection(_Section):
     format: Literal["json", "console"] = "json"
 
 
+class NotificationsSection(_Section):
+    """`[notifications]`: where lifecycle events are POSTed, signed (docs/notifications.md)."""
+
+    url: str
+    secret: SecretStr
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    events: tuple[NotificationEvent, ...] = tuple(NotificationEvent)
+    timeout: Duration = Field(default=10.0, gt=0, le=300.0)
+    retry_first: Duration = Field(default=5.0, gt=0, le=3600.0)
+    retry_max: Duration = Field(default=3600.0, gt=0, le=86400.0)
+    retry_for: Duration = Field(default=86400.0, gt=0, le=86400.0)
+    keep_delivered: Duration = Field(default=7 * 86400.0, ge=60.0, le=366 * 86400.0)
+    keep_failed: Duration = Field(default=30 * 86400.0, ge=60.0, le=366 * 86400.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret(cls, data: Any, info: ValidationInfo) -> Any:
+        return resolve_secret(data, info, "secret")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_format(cls, value: SecretStr) -> SecretStr:
+        check_webhook_secret(value.get_secret_value())
+        return value
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _known_events(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value
+        known = {event.value for event in NotificationEvent}
+        unknown = [str(name) for name in value if name not in known]
+        if unknown:
+            raise ValueError(f"unknown event {', '.join(map(repr, unknown))} "
+                             f"(known: {', '.join(sorted(known))})")
+        if not value:
+            raise ValueError("events is empty: list at least one, or remove the section")
+        return value
+
+
 class ChannelsSection(_Section):
     email: str = "log"
     sms: str = "log"
@@ -175,6 +226,7 @@ class Config(_Section):
     log: LogSection = LogSection()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     channels: ChannelsSection = ChannelsSection()
+    notifications: NotificationsSection | None = None
     source: Path | None = Field(default=None, exclude=True)
 
     def provider_settings(self) -> dict[str, ProviderSettings]:
@@ -193,8 +245,9 @@ SECTIONS: dict[str, type[_Section]] = {
     "delivery": DeliverySection,
     "log": LogSection,
     "channels": ChannelsSection,
+    "notifications": NotificationsSection,
 }
-_LIST_KEYS = {("auth", "webhook_secrets")}
+_LIST_KEYS = {("auth", "webhook_secrets"), ("notifications", "events")}
 
 
 def redact_url(url: str) -> str:

@@ -81,3 +81,14 @@ class Metrics:
             ["provider", "result"],
             registry=self.registry,
         )
+        self.notifications = Counter(
+            "campaignd_notifications_total",
+            "Lifecycle notification attempts by outcome (delivered, retried, failed).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.notification_backlog = Gauge(
+            "campaignd_notification_backlog",
+            "Lifecycle notifications not delivered yet (pending in the outbox, every daemon's).",
+            registry=self.registry,
+        )

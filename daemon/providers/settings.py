@@ -31,7 +31,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _resolve_secret(data: Any, info: ValidationInfo, key: str) -> Any:
+def resolve_secret(data: Any, info: ValidationInfo, key: str) -> Any:
     """Fill `key` from `key_env` or `key_file` (at most one of the three may be set)."""
     if not isinstance(data, dict):
         return data
@@ -131,7 +131,7 @@ class SmtpProviderSettings(_ProviderBase):
     @model_validator(mode="before")
     @classmethod
     def _secret(cls, data: Any, info: ValidationInfo) -> Any:
-        return _resolve_secret(data, info, "password")
+        return resolve_secret(data, info, "password")
 
     @model_validator(mode="after")
     def _credentials(self) -> SmtpProviderSettings:
@@ -163,7 +163,7 @@ class TwilioProviderSettings(_ProviderBase):
     @model_validator(mode="before")
     @classmethod
     def _secret(cls, data: Any, info: ValidationInfo) -> Any:
-        return _resolve_secret(data, info, "auth_token")
+        return resolve_secret(data, info, "auth_token")
 
     @model_validator(mode="after")
     def _sender(self) -> TwilioProviderSettings:

@@ -14,9 +14,6 @@ receiver deduplicating on it does not drop the second token.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from daemon.errors import PermanentError, ProviderError, TransientError
+from daemon.infra import webhook_signing
 from daemon.infra.clock import Clock, SystemClock
 from daemon.infra.logs import get_logger
 from daemon.models import Channel
@@ -67,8 +65,7 @@ class WebhookProvider:
         self._session: aiohttp.ClientSession | None = None
         self._signing_key: bytes | None = None
         if settings.secret is not None:
-            encoded = settings.secret.get_secret_value().removeprefix("whsec_")
-            self._signing_key = base64.b64decode(encoded)
+            self._signing_key = webhook_signing.signing_key(settings.secret.get_secret_value())
         # Sent with every POST: given to the session once, not merged per request.
         self._static_headers = {
             **{name: value.get_secret_value() for name, value in settings.headers.items()},
@@ -134,14 +131,8 @@ class WebhookProvider:
 
     def _signature_headers(self, message_id: str, body: bytes) -> dict[str, str]:
         assert self._signing_key is not None
-        timestamp = str(int(self._clock.now().timestamp()))
-        signed = b"%s.%s.%s" % (message_id.encode(), timestamp.encode(), body)
-        digest = hmac.digest(self._signing_key, signed, hashlib.sha256)
-        return {
-            "webhook-id": message_id,
-            "webhook-timestamp": timestamp,
-            "webhook-signature": "v1," + base64.b64encode(digest).decode("ascii"),
-        }
+        timestamp = int(self._clock.now().timestamp())
+        return webhook_signing.headers(self._signing_key, message_id, timestamp, body)
 
     async def probe(self) -> None:
         """Nothing is sent: a POST would be a message. Reachability shows on the first send."""

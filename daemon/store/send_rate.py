@@ -37,9 +37,11 @@ async def curve(db: Executor, run_id: str, started: datetime, width: int) -> lis
     return rows
 
 
-async def current_pause(db: Executor, campaign_id: str) -> datetime | None:
-    """When the campaign's current pause began (None: not paused). Past pauses are not
-    stored (only the last `resumed_at`), so the curve can shade the current one only."""
-    value: datetime | None = await db.fetchval(
-        "SELECT paused_at FROM campaigns WHERE id = $1 AND status = 'paused'", campaign_id)
-    return value
+async def pauses(db: Executor, campaign_id: str, since: datetime
+                 ) -> list[tuple[datetime, datetime | None]]:
+    """The campaign's pauses that ended after `since` (or have not ended: None), in order;
+    recorded by the trigger of migration 0020."""
+    rows = await db.fetch(
+        "SELECT paused_at, resumed_at FROM campaign_pauses WHERE campaign_id = $1 "
+        "AND (resumed_at IS NULL OR resumed_at > $2) ORDER BY paused_at", campaign_id, since)
+    return [(row["paused_at"], row["resumed_at"]) for row in rows]

@@ -6,6 +6,7 @@ SameSite=Strict cookie. Every /ui response carries the security headers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ async def campaign_page(request: web.Request) -> web.StreamResponse:
 
 async def _shades(pool: Any, row: Any, started: datetime, now: datetime
                   ) -> list[tuple[datetime, datetime, str]]:
-    """Closed send windows over the run's life, and the campaign's current pause."""
+    """Closed send windows over the run's life, and the campaign's pauses during it."""
     until = (row["finished_at"] or now) + timedelta(minutes=1)
     result: list[tuple[datetime, datetime, str]] = []
     chosen = windows.from_stored(row["send_windows"])
@@ -125,10 +126,28 @@ async def _shades(pool: Any, row: Any, started: datetime, now: datetime
             cursor = end
         if cursor < until:
             result.append((cursor, until, "closed"))
-    paused_at = await send_rate.current_pause(pool, row["campaign_id"])
-    if paused_at is not None:
-        result.append((paused_at, until, "paused"))
+    for paused_at, resumed_at in await send_rate.pauses(pool, row["campaign_id"], started):
+        result.append((max(paused_at, started), min(resumed_at or until, until), "paused"))
     return result
+
+
+def eta(now: datetime, pending: int, rate: int | None, chosen: Sequence[windows.Window],
+        deadline: datetime | None) -> datetime | None:
+    """When the pending recipients are sent at `rate`, counting only the send windows'
+    open time; never after the deadline (what is left then is excluded). None: no rate."""
+    if not rate:
+        return None
+    need = pending / float(rate)
+    if not chosen:
+        finish = now + timedelta(seconds=need)
+        return min(finish, deadline) if deadline is not None else finish
+    horizon = deadline or now + timedelta(days=8)
+    for begin, end in windows.open_intervals(chosen, now, horizon):
+        span = (end - begin).total_seconds()
+        if need <= span:
+            return begin + timedelta(seconds=need)
+        need -= span
+    return deadline
 
 
 async def _run_data(request: web.Request) -> dict[str, Any]:
@@ -140,21 +159,25 @@ async def _run_data(request: web.Request) -> dict[str, Any]:
     view = run_view(row, now=now)
     started = row["started_at"]
     curve = None
+    shades: list[tuple[datetime, datetime, str]] = []
     if started is not None:
         until = row["finished_at"] or now
         width = send_rate.bucket_seconds(started, until)
         rows = await send_rate.curve(ctx.pool, row["id"], started, width)
-        curve = curve_view(rows, started, width, row["rate_per_second"],
-                           await _shades(ctx.pool, row, started, now), until)
+        shades = await _shades(ctx.pool, row, started, now)
+        curve = curve_view(rows, started, width, row["rate_per_second"], shades, until)
     counts = view["counts"]
     excluded = sum(counts["excluded"].values())
     view["excluded_total"] = excluded
     view["invariant_holds"] = counts["targeted"] == (
         counts["sent"] + counts["failed"] + counts["pending"] + excluded)
-    rate = row["rate_per_second"]
     view["eta"] = None
-    if rate and counts["pending"] and view["status"] == "running":
-        view["eta"] = (now + timedelta(seconds=counts["pending"] / float(rate))).isoformat()
+    if counts["pending"] and view["status"] == "running":
+        paused = any(kind == "paused" and end >= now for _, end, kind in shades)
+        finish = None if paused else eta(now, counts["pending"], row["rate_per_second"],
+                                         windows.from_stored(row["send_windows"]),
+                                         row["deadline"])
+        view["eta"] = finish.isoformat() if finish is not None else None
     view["curve"] = curve
     return view
 

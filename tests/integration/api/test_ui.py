@@ -163,6 +163,23 @@ async def test_the_curve_shades_the_current_pause_and_closed_send_windows(api: A
     assert 'class="closed"' in page and 'class="paused"' in page
 
 
+async def test_the_curve_shades_past_pauses_too(api: Api) -> None:
+    run_id = await _run(api, size=100)
+    await _sign_in(api)
+    api.clock.advance(10)
+    assert (await api.post("/v1/campaigns/spring-sale/pause")).status == 200
+    api.clock.advance(20)
+    assert (await api.post("/v1/campaigns/spring-sale/resume")).status == 200
+    api.clock.advance(30)
+    assert (await api.post("/v1/campaigns/spring-sale/pause")).status == 200
+    api.clock.advance(5)
+    data = json.loads(await (await api.get(f"/ui/runs/{run_id}/data.json", token=None)).text())
+    paused = [s for s in data["curve"]["shades"] if s["kind"] == "paused"]
+    assert len(paused) == 2, data["curve"]["shades"]
+    first, second = paused
+    assert first["w"] > 0 and second["x"] > first["x"] + first["w"]
+
+
 async def test_a_trigger_token_reads_runs_but_not_campaigns_as_in_the_api(api: Api) -> None:
     run_id = await _run(api, size=20)
     await _sign_in(api, api.trigger_token)

@@ -211,3 +211,37 @@ def test_webhook_secrets_may_be_bound_to_campaigns(tmp_path: Path) -> None:
     assert [p.split(":")[0] for p in info.value.problems] == [
         "auth.webhook_secrets.0.secret", "auth.webhook_secrets.0.campaigns",
         "auth.webhook_secrets.1.campaigns"]
+
+
+GOOD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def test_notifications_are_off_unless_configured_and_take_every_event_by_default(
+        tmp_path: Path) -> None:
+    assert config.load(None, {}).notifications is None
+    path = write(tmp_path, f'[notifications]\nurl = "https://ops.example/hook"\n'
+                           f'secret = "{GOOD_SECRET}"\n')
+    section = config.load(path, {}).notifications
+    assert section is not None and len(section.events) == 6 and section.retry_for == 86400.0
+    assert GOOD_SECRET not in repr(section)
+    env = {"CAMPAIGND_NOTIFICATIONS_EVENTS": "run.finished, campaign.completed"}
+    section = config.load(path, env).notifications
+    assert section is not None
+    assert [event.value for event in section.events] == ["run.finished", "campaign.completed"]
+
+
+@pytest.mark.parametrize(("text", "key", "words"), [
+    ('url = "ftp://x"\nsecret = "{s}"', "notifications.url", "http"),
+    ('url = "http://x"\nsecret = "sk_123"', "notifications.secret", "whsec_"),
+    ('url = "http://x"\nsecret = "whsec_not base64!"', "notifications.secret", "base64"),
+    ('url = "http://x"\nsecret = "{s}"\nevents = ["run.finished", "run.exploded"]',
+     "notifications.events", "'run.exploded'"),
+    ('url = "http://x"\nsecret = "{s}"\nevents = []', "notifications.events", "empty"),
+    ('secret = "{s}"', "notifications.url", "missing"),
+    ('url = "http://x"\nsecret = "{s}"\nretries = 3', "notifications.retries", "unknown key"),
+])
+def test_a_bad_notifications_section_names_the_key(tmp_path: Path, text: str, key: str,
+                                                   words: str) -> None:
+    path = write(tmp_path, "[notifications]\n" + text.format(s=GOOD_SECRET) + "\n")
+    [problem] = problems_of(path)
+    assert problem.startswith(key) and words in problem, problem

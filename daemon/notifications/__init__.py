@@ -1,0 +1,1 @@
+"""Lifecycle notifications (SPEC §9.4): the outbox deliverer and its signed POSTs."""
