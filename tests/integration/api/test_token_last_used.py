@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.cli import admin
 from daemon.cli.main import main
 from daemon.store import tokens
 from tests.integration.api.conftest import START, Api
@@ -56,6 +57,9 @@ async def test_tokens_list_shows_when_a_token_was_last_used(
     await api.json("GET", "/v1/campaigns", 200)
     monkeypatch.setenv("CAMPAIGND_DATABASE_URL", api.database_url)
     monkeypatch.setenv("CAMPAIGND_STATE_DIR", str(tmp_path))
+    # The command points the process's logging at stderr (capsys's, closed after the test):
+    # left so, later tests would log to a closed file.
+    monkeypatch.setattr(admin.logs, "configure", lambda *args, **kwargs: None)
     capsys.readouterr()
     assert await asyncio.to_thread(main, ["tokens", "list"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
