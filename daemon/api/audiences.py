@@ -35,8 +35,9 @@ def _id(request: web.Request, name: str = "id", what: str = _NOT_FOUND) -> str:
 async def put(request: web.Request) -> web.Response:
     ctx = context(request)
     identifier = _id(request)
-    data = await read_body(request, ctx.config.server.max_body_bytes, allow_empty=True)
-    body = parse(AudienceBody, {} if data is None else data, checked=True)
+    data = await read_body(request, ctx.config.server.max_body_bytes, empty={},
+                           allow_empty=True)
+    body = parse(AudienceBody, data, checked=True)
     created = await audiences.put(ctx.pool, identifier, body.name, ctx.clock.now())
     row = await audiences.get(ctx.pool, identifier)
     if row is None:  # deleted in between

@@ -2,7 +2,8 @@
 
 `admin` may do everything; `trigger` may trigger and read runs. Handlers say
 what they need with `@requires(scope)`. Token lookups are cached for a few
-seconds (a revoked token stops working within `TOKEN_CACHE_SECONDS`).
+seconds (a revoked token stops working within `TOKEN_CACHE_SECONDS`); each lookup also
+records when the token was last used (to the minute: `tokens list` shows it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ async def scope_of(request: web.Request, token: str) -> TokenScope | None:
     now = ctx.clock.monotonic()
     hit, scope = ctx.token_cache.get(key, now)
     if not hit:
-        scope = await tokens.scope_of(ctx.pool, token)
+        scope = await tokens.scope_of(ctx.pool, token, ctx.clock.now())
         ctx.token_cache.put(key, scope, now)
     return scope
 

@@ -1,4 +1,5 @@
-"""Liveness, readiness and metrics: /healthz, /readyz, /metrics (no credentials)."""
+"""Liveness, readiness and metrics: /healthz and /readyz (no credentials), /metrics (an admin
+token, unless `server.public_metrics`: its labels name campaigns)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from daemon.api.auth import authenticate, check_scope
 from daemon.api.context import context
 from daemon.api.problems import problem
 from daemon.infra import migrate
+from daemon.models import TokenScope
 from daemon.store import campaigns
 
 READY_TIMEOUT = 2.0
@@ -39,7 +42,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; 401/403 without an admin token unless the config makes it public."""
     ctx = context(request)
+    if not ctx.config.server.public_metrics:
+        check_scope(await authenticate(request), TokenScope.ADMIN)
     try:  # the campaign status gauge is the database's; a scrape never fails for it
         async with asyncio.timeout(1.0):
             by_status = await campaigns.count_by_status(ctx.pool)

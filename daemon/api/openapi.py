@@ -184,9 +184,13 @@ def _static_paths() -> dict[str, Any]:
                                                   "content": json_object},
                                           "503": _problem_reply(503)}}},
         "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
-                             "tags": ["ops"], "security": [], "responses": {"200": {
-                                 "description": "Prometheus text format.",
-                                 "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+                             "description": "An admin token, unless `server.public_metrics` "
+                             "is true (then no credential).",
+                             "tags": ["ops"], "security": [{"bearerAuth": []}, {}], "responses": {
+                                 "200": {"description": "Prometheus text format.",
+                                         "content": {"text/plain": {"schema": {
+                                             "type": "string"}}}},
+                                 "401": _problem_reply(401), "403": _problem_reply(403)}}},
         "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
                                   "tags": ["ops"], "security": [], "responses": {
                                       "200": {"description": "OpenAPI 3.1.",
@@ -244,7 +248,9 @@ def build(operations: list[Operation]) -> dict[str, Any]:
                     "type": "apiKey", "in": "header", "name": "webhook-signature",
                     "description": "Standard Webhooks: `webhook-id`, `webhook-timestamp` and "
                     "`webhook-signature: v1,<base64 HMAC-SHA256>` with a secret of "
-                    "`auth.webhook_secrets` (triggers only)."},
+                    "`auth.webhook_secrets` (triggers only). A `webhook-id` is good for one "
+                    "campaign; a secret bound to campaigns triggers only those (403 "
+                    "`campaign_not_allowed`)."},
             },
         },
     }

@@ -37,6 +37,7 @@ from daemon.api.fields import (
 from daemon.api.validation import LIST, ONE
 from daemon.models import CampaignStatus, Channel, EndReason, RecipientStatus, RunStatus
 from daemon.planning.windows import DAY_SECONDS, DAYS, parse_clock
+from daemon.providers.mime import HEADER_CONTROLS
 from daemon.templates import is_template
 
 # -- errors -------------------------------------------------------------------------------------
@@ -80,6 +81,15 @@ class EmailContent(RequestModel):
     text: Template | None = None
 
     _addresses = field_validator("from_", "reply_to")(_address_or_template)
+
+    @field_validator("subject")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        found = HEADER_CONTROLS.search(value)
+        if found:
+            raise ValueError(f"must not hold control characters (found U+{ord(found[0]):04X}; "
+                             "a tab is allowed)")
+        return value
 
     @model_validator(mode="after")
     def _html_or_text(self) -> EmailContent:

@@ -3,13 +3,15 @@
 Validation in Python, then one SQL statement (one round trip, see `store.triggers`)
 that checks the campaign, creates the run with its inline recipients and notifies
 the engine. Only when it created nothing does the handler look at why: a replay
-of an idempotency key (the same run, or 422 for another body), the campaign's
-state (409), or its audience (422).
+of an idempotency key (the same run, or 422 for another body), a webhook-id another
+campaign took (422: a signed request is good for one campaign, see
+docs/security-triggers.md), the campaign's state (409), or its audience (422).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
@@ -81,6 +83,7 @@ class TriggerRequest:
     rows: store.InlineRows | None  # the same, encoded for the store
     idempotency_key: str | None
     request_hash: str
+    signed_until: datetime | None = None  # signed: the webhook-id's claim lasts till then
 
 
 def _recipient(item: Any) -> dict[str, Any]:
@@ -100,14 +103,30 @@ def _recipient(item: Any) -> dict[str, Any]:
     return data
 
 
-async def _authenticate(request: web.Request, raw: bytes | None) -> str | None:
-    """Bearer (trigger scope) or Standard Webhooks; returns the webhook-id when signed."""
+async def _authenticate(request: web.Request, raw: bytes | None
+                        ) -> signatures.SignedTrigger | None:
+    """Bearer (trigger scope) or Standard Webhooks; returns the signed request's webhook-id
+    and timestamp when signed."""
     if "Authorization" in request.headers or not signatures.is_signed(request.headers):
         check_scope(await authenticate(request), TokenScope.TRIGGER)
         return None
     ctx = context(request)
-    keys = signatures.signing_keys(ctx.config.auth.webhook_secrets)
-    return signatures.verify(keys, request.headers, raw or b"", ctx.clock.now())
+    keys = signatures.trigger_keys(ctx.config.auth.webhook_secrets)
+    now = ctx.clock.now()
+    signed = signatures.verify_trigger(keys, request.headers, raw or b"", now)
+    campaign_id = request.match_info["id"]
+    if not signed.allows(campaign_id):
+        # Taken all the same: replayed at a campaign the secret may trigger, it is refused.
+        await store.remember_webhook_id(ctx.pool, signed.webhook_id, campaign_id, now,
+                                        signed.taken_until)
+        raise problem(403, "campaign_not_allowed",
+                      "the secret that signed this request may not trigger this campaign")
+    return signed
+
+
+def _reused_webhook_id() -> Problem:
+    return problem(422, "idempotency_key_reused",
+                   "this webhook-id was already used with a different request")
 
 
 def idempotency_key(request: web.Request) -> str | None:
@@ -132,11 +151,16 @@ async def _read(request: web.Request) -> TriggerRequest:
     if request.body_exists:
         require_content_type(request, JSON_TYPES)
         raw = await read_limited(request, ctx.config.server.max_trigger_bytes)
-    key = await _authenticate(request, raw) if signed else idempotency_key(request)
+    verified = await _authenticate(request, raw) if signed else None
+    key = verified.webhook_id if verified else idempotency_key(request)
     limits = campaign_rules.limits(ctx)
     if len(raw) > OFF_LOOP_BYTES:
-        return await asyncio.to_thread(_validated, campaign_id, key, raw, limits)
-    return _validated(campaign_id, key, raw, limits)
+        trigger = await asyncio.to_thread(_validated, campaign_id, key, raw, limits)
+    else:
+        trigger = _validated(campaign_id, key, raw, limits)
+    if verified is None:
+        return trigger
+    return dataclasses.replace(trigger, signed_until=verified.taken_until)
 
 
 def _validated(campaign_id: str, key: str | None, raw: bytes, limits: dict[str, Any]
@@ -272,7 +296,7 @@ async def _create(ctx: AppContext, trigger: TriggerRequest) -> tuple[dict[str, A
     run = NewRun(
         id=new_run_id(now), campaign_id=trigger.campaign_id, audience=trigger.body.audience,
         recipients=trigger.rows, context=trigger.body.context or {}, idempotency_key=key,
-        request_hash=trigger.request_hash, now=now,
+        request_hash=trigger.request_hash, now=now, signed_until=trigger.signed_until,
     )
     created = await store.create_run(ctx.pool, run)
     if created is None:
@@ -291,6 +315,12 @@ async def _create(ctx: AppContext, trigger: TriggerRequest) -> tuple[dict[str, A
                          trigger.campaign_id), True
     # Nothing was made. A key already used answers with its run, whatever the campaign's
     # state now (a replay, or a concurrent duplicate that won); else the campaign says why.
+    # A webhook-id another campaign took is a replay of a request signed for that campaign:
+    # refused like a key reused with another body.
+    if trigger.signed_until is not None and key is not None:
+        owner = await store.webhook_id_owner(ctx.pool, key)
+        if owner is not None and owner != trigger.campaign_id:
+            raise _reused_webhook_id()
     existing = await store.keyed_run(ctx.pool, trigger.campaign_id, key) if key else None
     if existing is not None:
         return _replay(existing, trigger), False
@@ -306,8 +336,16 @@ async def _create(ctx: AppContext, trigger: TriggerRequest) -> tuple[dict[str, A
 
 
 async def _preview(ctx: AppContext, trigger: TriggerRequest) -> dict[str, Any]:
-    """Validate like a real trigger (reading, locking nothing), then preview."""
+    """Validate like a real trigger (creating nothing), then preview. A signed dry run takes
+    its webhook-id all the same: replayed without `dry_run` at another campaign, it is
+    refused."""
     now = ctx.clock.now()
+    key = trigger.idempotency_key
+    if trigger.signed_until is not None and key is not None:
+        owner = await store.remember_webhook_id(ctx.pool, key, trigger.campaign_id, now,
+                                                trigger.signed_until)
+        if owner is not None and owner != trigger.campaign_id:
+            raise _reused_webhook_id()
     target = await store.target(ctx.pool, trigger.campaign_id, trigger.body.audience,
                                 trigger.recipients is not None)
     if target is None:

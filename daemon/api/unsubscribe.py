@@ -1,6 +1,7 @@
 """`/v1/unsubscribe/{token}`: one-click unsubscribe (RFC 8058), no credential but the token.
 
-- `POST` turns the channel off for the profile the token names: 200, idempotent.
+- `POST` turns the channel off for the profile the token names and suppresses the
+  address (store.suppressions), also for a profile erased since: 200, idempotent.
   Mailbox providers POST `List-Unsubscribe=One-Click`; the confirmation page's
   button POSTs too. The answer is JSON, or a small HTML page for a browser
   (`Accept: text/html`).
@@ -123,9 +124,14 @@ async def unsubscribe_now(request: web.Request) -> web.Response:
     if target is None:
         raise problem(404, "invalid_token", "this unsubscribe link is not valid")
     ctx = context(request)
-    changed = await profiles_tokens.unsubscribe(ctx.pool, target.profile_id, target.channel)
-    if changed:
+    done = await profiles_tokens.unsubscribe(ctx.pool, target.profile_id, target.channel,
+                                             target.address_sha256)
+    if done.changed:
         log.info("profile.unsubscribed", profile_id=target.profile_id, channel=target.channel.value)
+    if done.suppressed:
+        # Also when the profile is gone (erased): its address stays unsubscribed.
+        log.info("suppression.added", profile_id=target.profile_id,
+                 channel=target.channel.value, addresses=done.suppressed)
     if _wants_html(request):
         words = _CHANNEL_WORDS[target.channel]
         return _page(

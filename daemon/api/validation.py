@@ -59,15 +59,17 @@ def decode_json(raw: bytes) -> Any:
         raise problem(400, "malformed_json", f"invalid JSON: {exc}") from None
 
 
-async def read_body(request: web.Request, max_bytes: int, *, allow_empty: bool = False) -> Any:
+async def read_body(request: web.Request, max_bytes: int, *, empty: Any = None,
+                    allow_empty: bool = False) -> Any:
     """The JSON body: 415 unless application/json, 413 past `max_bytes`, 400 if malformed.
-    With `allow_empty`, a missing or blank body reads as None."""
+    With `allow_empty`, a missing or blank body reads as `empty` (a JSON `null` is not
+    empty: it reads as None, for the model to refuse)."""
     if allow_empty and not request.body_exists:
-        return None
+        return empty
     require_content_type(request, JSON_TYPES)
     raw = await read_limited(request, max_bytes)
     if allow_empty and not raw.strip():
-        return None
+        return empty
     return decode_storable(raw)
 
 

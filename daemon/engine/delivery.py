@@ -134,7 +134,8 @@ def build_message(
     unsubscribe = None
     if channel is Channel.EMAIL and unsubscribe_key is not None and (
             content.uses_unsubscribe_url or provider_writes_unsubscribe):
-        unsubscribe = url_for(settings.base_url, unsubscribe_key, recipient.profile_id, channel)
+        unsubscribe = url_for(settings.base_url, unsubscribe_key, recipient.profile_id, channel,
+                              recipient.email)
     rendered = content.render(variables(run, recipient, unsubscribe))
     return Message(
         idempotency_key=f"{run.id}:{recipient.position}",

@@ -12,15 +12,17 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -54,6 +56,8 @@ class ServerSection(_Section):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1 << 30)
     max_trigger_bytes: int = Field(default=16_777_216, ge=1024, le=1 << 31)
     shutdown_grace: Duration = 30.0
+    # /metrics names campaigns: it needs an admin token unless this says otherwise.
+    public_metrics: bool = False
 
     @field_validator("public_url")
     @classmethod
@@ -89,14 +93,42 @@ class DatabaseSection(_Section):
         return redact_url(self.url.get_secret_value())
 
 
+class BoundWebhookSecret(_Section):
+    """A trigger-signing secret that may trigger only the campaigns named."""
+
+    secret: SecretStr
+    campaigns: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("secret")
+    @classmethod
+    def _format(cls, value: SecretStr) -> SecretStr:
+        check_webhook_secret(value.get_secret_value())
+        return value
+
+
+def _secret_form(value: Any) -> str:
+    return "bound" if isinstance(value, dict | BoundWebhookSecret) else "any"
+
+
+# A plain `whsec_` string may trigger any campaign; a table
+# `{ secret = "whsec_...", campaigns = ["a", "b"] }` only those campaigns.
+WebhookSecret = Annotated[
+    Annotated[SecretStr, Tag("any")] | Annotated[BoundWebhookSecret, Tag("bound")],
+    Discriminator(_secret_form),
+]
+
+
 class AuthSection(_Section):
-    webhook_secrets: tuple[SecretStr, ...] = ()
+    webhook_secrets: tuple[WebhookSecret, ...] = ()
 
     @field_validator("webhook_secrets")
     @classmethod
-    def _format(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+    def _format(
+        cls, value: tuple[SecretStr | BoundWebhookSecret, ...]
+    ) -> tuple[SecretStr | BoundWebhookSecret, ...]:
         for secret in value:
-            check_webhook_secret(secret.get_secret_value())
+            if isinstance(secret, SecretStr):
+                check_webhook_secret(secret.get_secret_value())
         return value
 
 
@@ -276,6 +308,9 @@ def _describe(error: Mapping[str, Any], from_env: Mapping[str, str]) -> str:
         "fcm",
     ):
         loc = ".".join(parts[:2] + parts[3:])
+    if parts[:2] == ["auth", "webhook_secrets"] and len(parts) > 3 and parts[3] in ("any",
+                                                                                "bound"):
+        loc = ".".join(parts[:3] + parts[4:])  # the union's tag, likewise
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"

@@ -16,6 +16,7 @@ import binascii
 import email.utils
 import functools
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -76,6 +77,18 @@ def _clean(name: str, value: object) -> str:
     if "\r" in value or "\n" in value:
         raise InvalidEmail(f"{name} contains a line break")
     return value
+
+
+# C0 and C1 controls but tab (line breaks are refused by `_clean`), and the Unicode line and
+# paragraph separators: Python's `splitlines` (which the email package folds with) breaks
+# lines at \x0b, \x0c, \x1c-\x1e, \x85, \u2028 and \u2029, and a mail client may too.
+HEADER_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _subject(value: object) -> str:
+    """A rendered subject: no line break (InvalidEmail), other controls made spaces (a
+    recipient's data may hold them; the template itself was checked when it was created)."""
+    return HEADER_CONTROLS.sub(" ", _clean("subject", value))
 
 
 def encoded_words(text: str) -> str:
@@ -163,7 +176,7 @@ def build(
     """The email for `content` ({from, reply_to?, subject, html?, text?}) to `recipient`."""
     from_value, sender = _mailbox("from", _clean("from", content.get("from")))
     to_address = _address("to", _clean("to", recipient))
-    subject = _clean("subject", content.get("subject", ""))
+    subject = _subject(content.get("subject", ""))
     text = content.get("text")
     html = content.get("html")
     if not text and not html:

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from daemon.models import Channel
 from daemon.store import Connection, Executor, Record
 from daemon.store.audiences import BULK_TIMEOUT, BULK_WORK_MEM
+from daemon.store.suppressions import addresses_sql, suppressed_sql
 
 _COLUMNS = (
     "id, email, phone, push_tokens, attributes, sub_email, sub_sms, sub_push, created_at, "
@@ -19,13 +21,20 @@ _COLUMNS = (
 GIVEN_EMAIL, GIVEN_PHONE, GIVEN_PUSH_TOKENS, GIVEN_ATTRIBUTES = 1, 2, 4, 8
 
 
+def _new_subscription(channel: Channel, given: str, address: str) -> str:
+    """SQL: a new profile's subscription to `channel`: as given, else on unless the address
+    is suppressed."""
+    return f"coalesce({given}, NOT {suppressed_sql(channel, address)})"
+
+
 @dataclass(frozen=True, slots=True)
 class ProfileData:
     email: str | None
     phone: str | None
     push_tokens: list[str]
     attributes: dict[str, Any]
-    # None: keep the stored value (a new profile is subscribed).
+    # None: keep the stored value (a new profile is subscribed, unless its address is
+    # suppressed: see store.suppressions).
     sub_email: bool | None
     sub_sms: bool | None
     sub_push: bool | None
@@ -39,8 +48,9 @@ async def upsert(
         f"""
         INSERT INTO profiles AS p (id, email, phone, push_tokens, attributes,
                                    sub_email, sub_sms, sub_push, created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, coalesce($6, true), coalesce($7, true), coalesce($8, true),
-                $9, $9)
+        VALUES ($1, $2, $3, $4, $5, {_new_subscription(Channel.EMAIL, "$6", "$2::text")},
+                {_new_subscription(Channel.SMS, "$7", "$3::text")},
+                {_new_subscription(Channel.PUSH, "$8", "$4::text[]")}, $9, $9)
         ON CONFLICT (id) DO UPDATE SET
             email = EXCLUDED.email, phone = EXCLUDED.phone, push_tokens = EXCLUDED.push_tokens,
             attributes = EXCLUDED.attributes,
@@ -61,10 +71,30 @@ async def get(db: Executor, profile_id: str) -> Record | None:
     return row
 
 
+# An erased profile's opt-outs stay, as suppressions of its addresses.
+_ERASE = f"""
+    WITH gone AS (
+        DELETE FROM profiles WHERE id = $1
+        RETURNING email, phone, push_tokens, sub_email, sub_sms, sub_push
+    ),
+    kept AS (
+        INSERT INTO suppressions (channel, address_sha256)
+        SELECT 'email', d FROM ({addresses_sql(Channel.EMAIL, "gone")} AND NOT gone.sub_email) e
+        UNION ALL
+        SELECT 'sms', d FROM ({addresses_sql(Channel.SMS, "gone")} AND NOT gone.sub_sms) s
+        UNION ALL
+        SELECT 'push', d FROM ({addresses_sql(Channel.PUSH, "gone")} WHERE NOT gone.sub_push) p
+        ON CONFLICT DO NOTHING
+    )
+    SELECT count(*) FROM gone
+"""
+
+
 async def delete(db: Executor, profile_id: str) -> bool:
-    """Erase the profile and its audience memberships (a trigger deletes them)."""
-    result: str = await db.execute("DELETE FROM profiles WHERE id = $1", profile_id)
-    return result == "DELETE 1"
+    """Erase the profile and its audience memberships (a trigger deletes them); the
+    channels it was unsubscribed from stay suppressed for its addresses."""
+    erased: int = await db.fetchval(_ERASE, profile_id)
+    return erased == 1
 
 
 # -- bulk import -------------------------------------------------------------------------------
@@ -128,13 +158,15 @@ _MERGE_UPDATE = f"""
     FROM {{source}} l
     WHERE p.id = l.id
 """
-_MERGE_INSERT = """
+_MERGE_INSERT = f"""
     INSERT INTO profiles (id, email, phone, push_tokens, attributes, sub_email, sub_sms,
                           sub_push, created_at, updated_at)
-    SELECT l.id, l.email, l.phone, coalesce(l.push_tokens, '{}'),
-           coalesce(l.attributes, '{}'), coalesce(l.sub_email, true),
-           coalesce(l.sub_sms, true), coalesce(l.sub_push, true), $1, $1
-    FROM {source} l
+    SELECT l.id, l.email, l.phone, coalesce(l.push_tokens, '{{}}'),
+           coalesce(l.attributes, '{{}}'),
+           {_new_subscription(Channel.EMAIL, "l.sub_email", "l.email")},
+           {_new_subscription(Channel.SMS, "l.sub_sms", "l.phone")},
+           {_new_subscription(Channel.PUSH, "l.sub_push", "l.push_tokens")}, $1, $1
+    FROM {{source}} l
     WHERE NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = l.id)
 """
 _ADD_MEMBERS = """

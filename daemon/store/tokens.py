@@ -77,10 +77,29 @@ async def revoke(db: Executor, name: str) -> bool:
     return result.endswith(" 1")
 
 
-async def scope_of(db: Executor, token: str) -> TokenScope | None:
-    """The scope of an active token, or None when it is unknown or revoked."""
-    scope: str | None = await db.fetchval(
-        "SELECT scope FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-        hash_token(token),
+# `last_used_at` is written at most once a minute per token, whatever the traffic: the
+# lookup (once per token cache entry, see api.auth) updates the row only when the time it
+# holds is older than that, so a busy token costs one row version a minute.
+LAST_USED_RESOLUTION_SECONDS = 60.0
+_SCOPE_OF = """
+    WITH token AS (
+        SELECT id, scope, last_used_at FROM api_tokens
+        WHERE token_hash = $1 AND revoked_at IS NULL
+    ),
+    touched AS (
+        UPDATE api_tokens a SET last_used_at = $2::timestamptz
+        FROM token t
+        WHERE a.id = t.id
+          AND (t.last_used_at IS NULL
+               OR t.last_used_at < $2::timestamptz - make_interval(secs => $3::float8))
+        RETURNING a.id
     )
-    return TokenScope(scope) if scope else None
+    SELECT scope, (SELECT count(*) FROM touched) AS touched FROM token
+"""
+
+
+async def scope_of(db: Executor, token: str, now: datetime) -> TokenScope | None:
+    """The scope of an active token, or None when it is unknown or revoked; records that
+    it was used at `now` (to the minute)."""
+    row = await db.fetchrow(_SCOPE_OF, hash_token(token), now, LAST_USED_RESOLUTION_SECONDS)
+    return TokenScope(row["scope"]) if row else None

@@ -46,10 +46,36 @@ _TARGET = """
     WHERE c.id = {campaign}
 """
 
+# A signed trigger's webhook-id is taken by the first campaign that names it (`claim`; a
+# concurrent claim waits for the other, then does nothing); the run is made only when this
+# statement took it, or the campaign took it before. Each signed trigger deletes up to
+# two expired ids, more than it adds: the table holds about the last ten minutes.
+# $1 campaign id, $2 webhook-id, $3 now, $4 expiry of the webhook-id, $5 signed
+_CLAIM = """
+    claim AS (
+        INSERT INTO signed_trigger_ids (webhook_id, campaign_id, expires_at)
+        SELECT {key}, {campaign}, {expires} WHERE {signed}
+        ON CONFLICT (webhook_id) DO NOTHING
+        RETURNING webhook_id
+    ),
+    pruned AS (
+        DELETE FROM signed_trigger_ids WHERE webhook_id IN (
+            SELECT webhook_id FROM signed_trigger_ids
+            WHERE {signed} AND expires_at < {now}
+            ORDER BY expires_at LIMIT 2 FOR UPDATE SKIP LOCKED)
+    )"""
+_CLAIMED = """(NOT {signed} OR EXISTS (SELECT 1 FROM claim)
+               OR EXISTS (SELECT 1 FROM signed_trigger_ids s
+                          WHERE s.webhook_id = {key} AND s.campaign_id = {campaign}))"""
+_SIGNED = {"key": "$2", "campaign": "$1", "now": "$8::timestamptz", "expires": "$12",
+           "signed": "$11"}
+
 # $1 campaign id, $2 idempotency key, $3 requested audience, $4 inline recipients given,
-# $5 run id, $6 context, $7 request hash, $8 now, $9/$10 inline profile ids and data
+# $5 run id, $6 context, $7 request hash, $8 now, $9/$10 inline profile ids and data,
+# $11 signed (the key is a webhook-id), $12 the webhook-id's expiry
 _CREATE = f"""
     WITH target AS ({_TARGET.format(campaign="$1", audience="$3", inline="$4")} FOR SHARE OF c),
+    {_CLAIM.format(**_SIGNED)},
     inserted AS (
         INSERT INTO runs (id, campaign_id, status, audience_id, inline_count, context,
                           idempotency_key, request_hash, created_at, scheduled_for,
@@ -62,6 +88,7 @@ _CREATE = f"""
           AND (t.end_at IS NULL OR $8::timestamptz < t.end_at)
           AND NOT (t.end_at IS NULL AND t.one_shot_taken)
           AND ($4 OR (t.run_audience IS NOT NULL AND t.audience_exists))
+          AND {_CLAIMED.format(**_SIGNED)}
         ON CONFLICT DO NOTHING
         RETURNING id, scheduled_for
     ),
@@ -113,6 +140,7 @@ class NewRun:
     idempotency_key: str | None
     request_hash: str
     now: datetime
+    signed_until: datetime | None = None  # signed: the key is a webhook-id, kept till then
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +184,33 @@ async def create_run(db: Executor, run: NewRun) -> Created | None:
         _CREATE,
         run.campaign_id, run.idempotency_key, run.audience, run.recipients is not None,
         run.id, run.context, run.request_hash, run.now, inline.profile_ids, inline.data,
+        run.signed_until is not None, run.signed_until,
     )
     if row is None:
         return None
     return Created(_target(row), row["inserted_id"], row["inserted_scheduled_for"])
+
+
+_REMEMBER = f"""
+    WITH {_CLAIM.format(key="$2", campaign="$1", now="$3", expires="$4", signed="true")}
+    SELECT count(*) FROM claim
+"""
+
+
+async def remember_webhook_id(db: Executor, webhook_id: str, campaign_id: str, now: datetime,
+                              until: datetime) -> str | None:
+    """Take `webhook_id` for `campaign_id` where no run is made (a dry run, a refused
+    trigger); returns the campaign that holds it (None: none, after a race with a refusal
+    that never committed)."""
+    await db.execute(_REMEMBER, campaign_id, webhook_id, now, until)
+    return await webhook_id_owner(db, webhook_id)
+
+
+async def webhook_id_owner(db: Executor, webhook_id: str) -> str | None:
+    """The campaign that took this webhook-id (None: none did, or it expired)."""
+    owner: str | None = await db.fetchval(
+        "SELECT campaign_id FROM signed_trigger_ids WHERE webhook_id = $1", webhook_id)
+    return owner
 
 
 async def target(

@@ -74,3 +74,13 @@ async def test_members_of_an_unknown_audience_is_404(api: Api) -> None:
 
 async def test_audiences_need_admin(api: Api) -> None:
     await api.json("GET", "/v1/audiences/a", 403, token="trigger")
+
+
+async def test_a_json_null_body_is_422_like_profiles(api: Api) -> None:
+    headers = {"Content-Type": "application/json"}
+    for path in ("/v1/audiences/x", "/v1/profiles/x"):
+        problem = await api.json("PUT", path, 422, data="null", headers=headers)
+        assert problem["code"] == "validation_error"
+    await api.json("GET", "/v1/audiences/x", 404)
+    # A blank body is no body: an unnamed audience.
+    await api.json("PUT", "/v1/audiences/x", 201, data=" ", headers=headers)

@@ -64,6 +64,8 @@ async def test_duplicate_id_is_409_already_exists(api: Api) -> None:
         ({"content": {**EMAIL_CONTENT, "body": "sms?"}}, "content.body"),
         ({"unknown": 1}, "unknown"),
         ({"name": "x\u0000y"}, "name"),
+        *(({"content": {**EMAIL_CONTENT, "subject": f"Hi{control}there"}}, "content.subject")
+          for control in ("\x0b", "\x0c", "\x1c", "\x01", "\x7f", "\x85", "\n", "\r")),
     ],
 )
 async def test_invalid_bodies_are_422_naming_the_field(
@@ -72,6 +74,11 @@ async def test_invalid_bodies_are_422_naming_the_field(
     problem = await api.json("POST", "/v1/campaigns", 422, json=campaign_body(**fields))
     assert problem["code"] == "validation_error"
     assert loc in [error["loc"] for error in problem["errors"]], problem
+
+
+async def test_a_tab_in_a_subject_is_allowed(api: Api) -> None:
+    content = {**EMAIL_CONTENT, "subject": "Hi\tthere"}
+    await api.json("POST", "/v1/campaigns", 201, json=campaign_body(content=content))
 
 
 async def test_template_syntax_error_names_field_and_line(api: Api) -> None:

@@ -217,7 +217,7 @@ async def test_concurrent_controls_leave_one_consistent_state(api: Api) -> None:
 async def test_metrics_count_campaigns_by_status(api: Api) -> None:
     await _live(api, throttle={"rate_per_second": 10})
     await api.json("POST", PATH + "/pause", 200)
-    response = await api.get("/metrics", token=None)
+    response = await api.get("/metrics")
     text = await response.text()
     assert 'campaignd_campaigns{status="paused"} 1.0' in text
     assert 'campaignd_campaigns{status="live"} 0.0' in text

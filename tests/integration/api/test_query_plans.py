@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from daemon.store import Pool, runs, triggers
 
@@ -31,9 +33,12 @@ async def _plan(pool: Pool, query: str, *args: Any) -> list[tuple[str, str]]:
     return _scans(raw if isinstance(raw, list) else json.loads(raw))
 
 
-async def test_the_trigger_statement_reads_by_index_only(pool: Pool) -> None:
+@pytest.mark.parametrize("signed", [False, True])
+async def test_the_trigger_statement_reads_by_index_only(pool: Pool, signed: bool) -> None:
+    expiry = NOW + timedelta(minutes=6) if signed else None
     scans = await _plan(
-        pool, triggers._CREATE, "c", "key", None, True, "run_x", {}, "hash", NOW, ["p"], ["{}"]
+        pool, triggers._CREATE, "c", "key", None, True, "run_x", {}, "hash", NOW, ["p"], ["{}"],
+        signed, expiry,
     )
     assert all(kind != "Seq Scan" for kind, _ in scans), scans
     assert ("Index Scan", "campaigns_pkey") in scans or ("Index Only Scan",

@@ -94,7 +94,7 @@ async def test_each_email_carries_its_own_unsubscribe_link(
     key = await unsubscribe.load_key(pool)
     for message in recording_engine.messages:
         assert message.unsubscribe_url == unsubscribe.url_for(
-            "https://mail.example", key, message.profile_id, Channel.EMAIL)
+            "https://mail.example", key, message.profile_id, Channel.EMAIL, message.to.email)
         assert message.content["text"] == message.unsubscribe_url  # templates see it too
     assert sorted(m.idempotency_key for m in recording_engine.messages) == [
         f"{run_id}:{n}" for n in range(3)]
@@ -114,7 +114,7 @@ async def test_an_unread_unsubscribe_link_is_signed_only_for_a_provider_that_wri
         assert (await wait_run_status(pool, run_id))["sent"] == 2
     key = await unsubscribe.load_key(pool)
     assert [m.unsubscribe_url for m in provider.messages] == [
-        unsubscribe.url_for("https://mail.example", key, m.profile_id, Channel.EMAIL)
+        unsubscribe.url_for("https://mail.example", key, m.profile_id, Channel.EMAIL, m.to.email)
         if writes else None for m in provider.messages]
 
 

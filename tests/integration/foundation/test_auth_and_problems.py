@@ -104,7 +104,8 @@ async def test_token_names_are_unique_and_hashes_stored(pool: Pool) -> None:
 async def test_bootstrap_creates_one_admin_token_file(pool: Pool, tmp_path: Path) -> None:
     path = await ensure_admin_token(pool, tmp_path)
     assert path is not None and (path.stat().st_mode & 0o777) == 0o600
-    assert await tokens.scope_of(pool, path.read_text().strip()) is TokenScope.ADMIN
+    token = path.read_text().strip()
+    assert await tokens.scope_of(pool, token, FakeClock().now()) is TokenScope.ADMIN
     assert await ensure_admin_token(pool, tmp_path) is None  # an active token exists
 
 
@@ -132,8 +133,9 @@ async def test_json_bodies_400_413_415(client: TestClient) -> None:
     assert ok.status == 200 and await ok.json() == {"x": 1}
 
 
-async def test_readyz_and_metrics(client: TestClient) -> None:
+async def test_readyz_and_metrics(client: TestClient, pool: Pool) -> None:
     response = await client.get("/readyz")
     assert response.status == 200
-    metrics = await (await client.get("/metrics")).text()
+    admin = await tokens.create(pool, "admin", TokenScope.ADMIN)
+    metrics = await (await client.get("/metrics", headers=bearer(admin))).text()
     assert "campaignd_http_requests_total" in metrics

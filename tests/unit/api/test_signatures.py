@@ -68,3 +68,13 @@ def test_tolerance_is_five_minutes_both_ways() -> None:
     for offset in (-300, 300):
         when = NOW + timedelta(seconds=offset)
         assert signatures.verify([KEY], _headers(when), BODY, NOW) == "msg_1"
+
+
+def test_a_trigger_is_allowed_what_any_key_that_signed_it_allows() -> None:
+    other = signatures.TriggerKey(b"o" * 32, None)
+    bound = signatures.TriggerKey(KEY, frozenset({"w1", "w2"}))
+    signed = signatures.verify_trigger([other, bound], _headers(), BODY, NOW)
+    assert (signed.webhook_id, signed.timestamp) == ("msg_1", int(NOW.timestamp()))
+    assert signed.allows("w1") and not signed.allows("w3")
+    assert signatures.verify_trigger([bound, signatures.TriggerKey(KEY, None)], _headers(),
+                                     BODY, NOW).allows("w3")

@@ -195,6 +195,24 @@ def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
     assert "configuration OK" in result.stdout
 
 
+def test_webhook_secrets_may_be_bound_to_campaigns(tmp_path: Path) -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    path = write(tmp_path, f'[auth]\nwebhook_secrets = ["{secret}", '
+                           f'{{ secret = "{secret}", campaigns = ["a", "b"] }}]\n')
+    first, second = config.load(path, {}).auth.webhook_secrets
+    assert not isinstance(first, config.BoundWebhookSecret)
+    assert isinstance(second, config.BoundWebhookSecret)
+    assert second.campaigns == ("a", "b")
+    assert secret not in repr(second)
+    path = write(tmp_path, '[auth]\nwebhook_secrets = [{ secret = "whsec_x", campaigns = [] },'
+                           f' {{ secret = "{secret}" }}]\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(path, {})
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "auth.webhook_secrets.0.secret", "auth.webhook_secrets.0.campaigns",
+        "auth.webhook_secrets.1.campaigns"]
+
+
 GOOD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 

@@ -100,3 +100,19 @@ def test_very_long_lines_are_quoted_printable() -> None:
     parsed = _build(text="a" * 5000)
     assert parsed["Content-Transfer-Encoding"] == "quoted-printable"
     assert parsed.get_content().rstrip() == "a" * 5000
+
+
+@pytest.mark.parametrize("control", ["\x0b", "\x0c", "\x1c", "\x00", "\x1f", "\x7f", "\x85",
+                                     "\u2028"])
+def test_controls_in_a_rendered_subject_become_spaces(control: str) -> None:
+    envelope = build(
+        idempotency_key="k", recipient="ann@example.org",
+        content={"from": "a@b.example", "subject": f"Hi{control}X-Evil: 1\tok", "text": "t"},
+        date=DATE, unsubscribe_url=None,
+    )
+    head = envelope.data.split(b"\r\n\r\n", 1)[0]
+    assert not any((byte < 0x20 and byte not in (0x09, 0x0a, 0x0d)) or byte == 0x7f
+                   for byte in head)
+    parsed = email.message_from_bytes(envelope.data, policy=email.policy.default)
+    assert parsed["Subject"] == "Hi X-Evil: 1\tok"
+    assert parsed["X-Evil"] is None

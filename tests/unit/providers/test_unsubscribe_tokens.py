@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from daemon.models import Channel
+from daemon.store.suppressions import address_digest
 from daemon.unsubscribe import MAX_TOKEN_CHARS, Target, sign, url_for, verify
 
 KEY = bytes(range(32))
@@ -86,3 +87,13 @@ def test_url_for_builds_the_public_url() -> None:
     prefix = "https://campaigns.example.com/v1/unsubscribe/"
     assert url.startswith(prefix)
     assert verify(KEY, url.removeprefix(prefix)) == Target("p1", Channel.EMAIL)
+
+
+def test_a_link_names_the_digest_of_the_address_it_was_sent_to() -> None:
+    token = sign(KEY, "p1", Channel.EMAIL, "Ann@Example.com")
+    target = verify(KEY, token)
+    assert target == Target("p1", Channel.EMAIL, address_digest(Channel.EMAIL, "ann@example.com"))
+    assert "ann" not in token.lower()  # a digest, not the address
+    assert verify(KEY, sign(KEY, "p1", Channel.EMAIL)) == Target("p1", Channel.EMAIL)
+    payload, _, mac = token.partition(".")
+    assert verify(KEY, payload[:-1] + "." + mac) is None
