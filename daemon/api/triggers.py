@@ -5,7 +5,7 @@ that checks the campaign, creates the run with its inline recipients and notifie
 the engine. Only when it created nothing does the handler look at why: a replay
 of an idempotency key (the same run, or 422 for another body), a webhook-id another
 campaign took (422: a signed request is good for one campaign, see
-docs/security-triggers.md), the campaign's state (409), or its audience (422).
+docs/security.md), the campaign's state (409), or its audience (422).
 """
 
 from __future__ import annotations
