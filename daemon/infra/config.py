@@ -35,6 +35,7 @@ from daemon.infra.durations import Duration
 __all__ = ["Config", "ConfigError", "load", "redact_url", "systemd_environ"]
 from daemon.models import Channel, NotificationEvent
 from daemon.providers.settings import (
+    HttpUrlText,
     LogProviderSettings,
     ProviderSettings,
     check_webhook_secret,
@@ -159,7 +160,7 @@ class LogSection(_Section):
 class NotificationsSection(_Section):
     """`[notifications]`: where lifecycle events are POSTed, signed (docs/notifications.md)."""
 
-    url: str
+    url: HttpUrlText
     secret: SecretStr
     secret_env: str | None = None
     secret_file: Path | None = None
@@ -175,13 +176,6 @@ class NotificationsSection(_Section):
     @classmethod
     def _secret(cls, data: Any, info: ValidationInfo) -> Any:
         return resolve_secret(data, info, "secret")
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("url must start with http:// or https://")
-        return value
 
     @field_validator("secret")
     @classmethod

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -55,6 +56,16 @@ def resolve_secret(data: Any, info: ValidationInfo, key: str) -> Any:
     return data
 
 
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("url must start with http:// or https://")
+    return value
+
+
+# A URL the daemon POSTs to (a webhook provider, the notifications receiver).
+HttpUrlText = Annotated[str, AfterValidator(_http_url)]
+
+
 def check_webhook_secret(value: str) -> str:
     """A Standard Webhooks secret: `whsec_` followed by base64 of the key bytes."""
     if not value.startswith("whsec_"):
@@ -85,17 +96,10 @@ class LogProviderSettings(_ProviderBase):
 
 class WebhookProviderSettings(_ProviderBase):
     kind: Literal["webhook"]
-    url: str
+    url: HttpUrlText
     secret: SecretStr | None = None
     # Header values often carry credentials (Authorization: Bearer ...): redacted in reprs.
     headers: dict[str, SecretStr] = Field(default_factory=dict)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("url must start with http:// or https://")
-        return value
 
     @field_validator("secret")
     @classmethod
