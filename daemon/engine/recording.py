@@ -21,6 +21,7 @@ import asyncpg
 
 from daemon.infra.clock import Clock
 from daemon.infra.logs import get_logger
+from daemon.infra.waiting import woken_or
 from daemon.store import Pool, Record
 from daemon.store import recipients as store
 from daemon.store.recipients import EXCLUSION_ORDER, OutcomeRow
@@ -186,17 +187,7 @@ class Recorder:
                 self._written.set()
 
     async def _wait_urgent(self, seconds: float) -> None:
-        if self._urgent.is_set():
-            return
-        waiter = asyncio.get_running_loop().create_task(
-            self._urgent.wait(), name="recorder.wake")
-        sleeper = asyncio.get_running_loop().create_task(
-            self._clock.sleep(seconds), name="recorder.interval")
-        try:
-            await asyncio.wait([waiter, sleeper], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            sleeper.cancel()
+        await woken_or(self._urgent, self._clock.sleep(seconds), "recorder")
 
     async def _write(self, batch: list[OutcomeRow]) -> None:
         """Write `batch` (shielded: a cancellation waits for the write in progress), retrying

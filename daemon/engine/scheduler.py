@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from daemon.engine.recording import DB_ERRORS, raise_if_cancelling
 from daemon.infra.clock import Clock
 from daemon.infra.logs import get_logger
+from daemon.infra.waiting import woken_or
 from daemon.store import Pool
 from daemon.store import engine as engine_store
 from daemon.store.engine import RunRow
@@ -122,14 +123,5 @@ class Scheduler:
 
     async def _sleep_until(self, when: datetime) -> None:
         seconds = (when - self._clock.now()).total_seconds()
-        if seconds <= 0 or self._wake.is_set():
-            return
-        waiter = asyncio.get_running_loop().create_task(
-            self._wake.wait(), name="scheduler.wake")
-        sleeper = asyncio.get_running_loop().create_task(
-            self._clock.sleep_until(when), name="scheduler.sleep")
-        try:
-            await asyncio.wait([waiter, sleeper], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            sleeper.cancel()
+        if seconds > 0:
+            await woken_or(self._wake, self._clock.sleep_until(when), "scheduler")

@@ -28,6 +28,7 @@ from daemon.engine.sending import ProviderCalls
 from daemon.engine.state import Lease, WorkerServices
 from daemon.engine.window_gate import WindowGate
 from daemon.infra.logs import get_logger
+from daemon.infra.waiting import within
 from daemon.planning import planner, windows
 from daemon.store import recipients as recipient_store
 from daemon.store.engine import Campaign, counts_of
@@ -143,11 +144,7 @@ class CampaignWorker(ProviderCalls, CampaignRuns):
         """Wait for the last writes within `grace` (or until `force`): with the database down
         they cannot land, and the claims they settle stay marked in flight (sent again by
         the next holder: the crash bound)."""
-        forced = asyncio.get_running_loop().create_task(force.wait(), name="writes.force")
-        await asyncio.wait([recorder, forced], timeout=grace,
-                           return_when=asyncio.FIRST_COMPLETED)
-        forced.cancel()
-        if not recorder.done():
+        if not await within(recorder, grace, force, "writes"):
             self.log.error("worker.outcomes_unwritten", count=self.recorder.buffered)
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)

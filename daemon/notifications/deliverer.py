@@ -34,6 +34,7 @@ from daemon.infra.clock import Clock
 from daemon.infra.config import Config, NotificationsSection
 from daemon.infra.logs import get_logger
 from daemon.infra.metrics import Metrics
+from daemon.infra.waiting import within, woken_or
 from daemon.models import NotificationStatus
 from daemon.notifications.sender import Sender
 from daemon.store import Pool
@@ -104,15 +105,11 @@ class NotificationDeliverer:
             return
         self._stopping.set()
         self._wake.set()
-        forced = asyncio.get_running_loop().create_task(
-            (force or asyncio.Event()).wait(), name="notifications.forced")
         try:
-            await asyncio.wait([task, forced], timeout=grace,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await within(task, grace, force or asyncio.Event(), "notifications")
         finally:
-            forced.cancel()
             task.cancel()
-            await asyncio.gather(task, forced, return_exceptions=True)
+            await asyncio.gather(task, return_exceptions=True)
         log.info("notifications.stopped", delivered=self.delivered, failed=self.failed)
 
     async def reload(self, config: Config) -> None:
@@ -227,16 +224,8 @@ class NotificationDeliverer:
         return wake_at
 
     async def _sleep_until(self, when: datetime) -> None:
-        if self._wake.is_set() or when <= self._clock.now():
-            return
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_task(self._wake.wait(), name="notifications.wake")
-        sleeper = loop.create_task(self._clock.sleep_until(when), name="notifications.sleep")
-        try:
-            await asyncio.wait([waiter, sleeper], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            sleeper.cancel()
+        if when > self._clock.now():
+            await woken_or(self._wake, self._clock.sleep_until(when), "notifications")
 
 
 def stage(ctx: AppContext) -> NotificationDeliverer:

@@ -28,6 +28,7 @@ from daemon.infra.clock import Clock
 from daemon.infra.config import Config
 from daemon.infra.logs import get_logger
 from daemon.infra.metrics import Metrics
+from daemon.infra.waiting import within
 from daemon.receipts import matching
 from daemon.receipts.model import DeliveryStatus, Receipt, Result
 from daemon.store import Connection, Pool, Record
@@ -148,14 +149,11 @@ class ReceiptWriter:
         writer, *others = self._tasks
         for task in others:
             task.cancel()
-        forced = asyncio.get_running_loop().create_task(force.wait(), name="receipts.forced")
         try:
-            await asyncio.wait([writer, forced], timeout=grace,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await within(writer, grace, force, "receipts")
         finally:
-            forced.cancel()
             writer.cancel()
-            await asyncio.gather(writer, forced, *others, return_exceptions=True)
+            await asyncio.gather(writer, *others, return_exceptions=True)
         for request in self._queue:  # forced: what is left is not answered 2xx
             if not request.done.done():
                 request.done.set_exception(WriterStopped())
