@@ -90,10 +90,18 @@ async def steady(api: Api, gateway: Gateway, pool: str, rate: int, each: int) ->
             "duplicates": arrivals.duplicates()}
 
 
-async def start_runs(api: Api, names: list[str]) -> list[str]:
+async def sending_pool(api: Api, gateway: Gateway, pool: str, rate: int, each: int,
+                       phase: float) -> tuple[int, list[str]]:
+    """A pool of `rate` with its campaigns triggered and sending for `phase` seconds: the
+    gateway's count before them, and their run ids."""
+    await make_pool(api, pool, rate)
+    names = await pooled_campaigns(api, pool, f"a{each}")
+    before = await gateway.count()
     accepted = await asyncio.gather(*(
         api.trigger(name, {"context": {"promo": "X1"}}) for name in names))
-    return [answer["run_id"] for answer in accepted]
+    await gateway.wait_count(before + 1, within=20.0, what=pool)
+    await asyncio.sleep(phase)
+    return before, [answer["run_id"] for answer in accepted]
 
 
 async def cancel_all(api: Api, run_ids: list[str]) -> None:
@@ -105,12 +113,7 @@ async def cancel_all(api: Api, run_ids: list[str]) -> None:
 
 async def rate_change(api: Api, gateway: Gateway, each: int, phase: float) -> dict[str, Any]:
     high, low = 1000, 300
-    await make_pool(api, "change", high)
-    names = await pooled_campaigns(api, "change", f"a{each}")
-    before = await gateway.count()
-    run_ids = await start_runs(api, names)
-    await gateway.wait_count(before + 1, within=20.0, what="rate_change")
-    await asyncio.sleep(phase)
+    before, run_ids = await sending_pool(api, gateway, "change", high, each, phase)
     lowered = time.monotonic()
     await make_pool(api, "change", low)
     await asyncio.sleep(phase)
@@ -136,12 +139,7 @@ async def kill_holder(harness: Harness, daemons: list[DaemonProcess], each: int,
     rate = 1000
     gateway = harness.gateway
     async with daemons[0].api() as api:
-        await make_pool(api, "kill", rate)
-        names = await pooled_campaigns(api, "kill", f"a{each}")
-        before = await gateway.count()
-        run_ids = await start_runs(api, names)
-        await gateway.wait_count(before + 1, within=20.0, what="kill_holder")
-        await asyncio.sleep(phase)
+        before, run_ids = await sending_pool(api, gateway, "kill", rate, each, phase)
         held = holders(await api.request("GET", "/v1/rate-pools/kill"))
     by_pid = {int(holder.split(":")[-2]): found for holder, found in held.items()}
     victim = max(daemons, key=lambda d: len(by_pid.get(d.pid, [])))
