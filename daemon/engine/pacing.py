@@ -19,13 +19,19 @@ A `Pacer` hands out call slots at `rate` per second, evenly spaced (in grains of
 - a sliding-window guard: the slot that would make more than `floor(rate)` calls within
   1.0025 × `floor(rate)/rate` seconds (a second, for a whole rate) waits, so no window of
   one second ever holds more calls than the rate, whatever the timers did;
+- the guard counts a call from when its request went out, when the provider says so
+  (`sent()`: HTTP providers report the moment their request's headers are written), not
+  only from its slot: a call whose connection took 15 ms to open (a start, a restart,
+  after an outage: every connection is new) arrives 15 ms after its slot, and a window
+  opening at that arrival would hold the rate's worth of slots plus 15 ms more. The
+  times kept are running maxima (a call's time is at least every earlier call's), so the
+  oldest kept time bounds every call before it, however the requests were reordered;
 - margins: the pace is 0.5 % under the rate (5 ms of slack per second of calls) and the
   guard's window 0.25 % over a second, so the calls also fit the rate where they arrive
-  after a few ms of jitter between the slot and the arrival (a new connection, the
-  network, the receiver's loop), and the guard only binds on a catch-up (were it as
-  tight as the pace, each late timer would push every later call back). The achieved
-  rate is about 0.995 × the configured rate: within the 1 % the contract allows, on the
-  safe side of it.
+  after a few ms of jitter between the request and the arrival (the network, the
+  receiver's loop), and the guard only binds on a catch-up (were it as tight as the
+  pace, each late timer would push every later call back). The achieved rate is about
+  0.995 × the configured rate: within the 1 % the contract allows, on the safe side.
 
 Slots are granted first come, first served (the `Turn` lock is FIFO), which makes a
 campaign's pacer fair between its runs. Time is the event loop's (`loop.time()`, like
@@ -185,12 +191,28 @@ class Pacer:
             # Pacing on the loop's clock, as aiolimiter does: not a business wait.
             await asyncio.sleep(wait)
 
-    def record(self) -> None:
-        """The call is starting now (inside `turn`)."""
-        self._last = asyncio.get_running_loop().time()
+    def record(self) -> int:
+        """The call is starting now (inside `turn`); its number, for `sent()`."""
+        now = self._last = asyncio.get_running_loop().time()
+        recent = self._recent
         if self._guard_size:
-            self._recent.append(self._last)
+            recent.append(max(now, recent[-1]) if recent else now)
         self.granted += 1
+        return self.granted
+
+    def sent(self, number: int, at: float) -> None:
+        """Call `number`'s request went out at `at` (loop time), later than its slot: from
+        then on it counts from `at`, and so does every call after it that is kept (the
+        times stay running maxima: the guard's oldest kept time bounds all calls before
+        it). A call already out of the kept second lifts them all."""
+        recent = self._recent
+        size = len(recent)
+        if not size:
+            return
+        index = max(0, size - (self.granted - number + 1))
+        while index < size and recent[index] < at:
+            recent[index] = at
+            index += 1
 
     def idle_for(self) -> float:
         """Seconds since the last call."""

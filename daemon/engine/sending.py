@@ -13,7 +13,9 @@ recipient that does not get that far is given back.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -26,7 +28,7 @@ from daemon.engine.steering import Steering
 from daemon.engine.window_gate import WindowGate
 from daemon.errors import PermanentError, ProviderError, TransientError
 from daemon.infra.clock import Clock
-from daemon.providers.base import Message, Provider, SendResult
+from daemon.providers.base import REQUEST_SENT, Message, Provider, SendResult
 from daemon.store.engine import Campaign
 from daemon.store.recipients import Claimed, OutcomeRow
 from daemon.templates import CompiledContent, RenderError
@@ -46,6 +48,7 @@ class _Call:
     message: Message
     provider: Provider
     gate: ProviderGate
+    sent: Callable[[float], None] | None  # the pacer's: when the request went out
 
 
 class ProviderCalls:
@@ -166,6 +169,7 @@ class ProviderCalls:
             return None
         gate = self.services.gates.gate(provider.name, provider.settings)
         holding = admitted = False
+        sent: Callable[[float], None] | None = None
         try:
             await self._provider_gates(gate)
             holding = True
@@ -179,13 +183,13 @@ class ProviderCalls:
                 gate.shared is None or gate.shared.valid())
             if admitted and paced:
                 assert self.pacer is not None
-                self.pacer.record()
+                sent = partial(self.pacer.sent, self.pacer.record())
         finally:
             if not admitted:
                 if holding:
                     gate.semaphore.release()
                 self._give_back(run, recipient)
-        return _Call(run, recipient, message, provider, gate) if admitted else None
+        return _Call(run, recipient, message, provider, gate, sent) if admitted else None
 
     async def _call(self, call: _Call, task: asyncio.Task[None]) -> None:
         run, provider, gate = call.run, call.provider, call.gate
@@ -196,6 +200,7 @@ class ProviderCalls:
             began = self.clock.monotonic()
             result: SendResult | None = None
             error: ProviderError | None = None
+            REQUEST_SENT.set(call.sent)  # the sender's own context: one call at a time
             try:
                 result = await provider.send(call.message)
             except ProviderError as exc:

@@ -9,12 +9,19 @@ a provider only talks to its service.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from daemon.models import Channel
 from daemon.providers.settings import ProviderSettings
+
+# Set by the engine around a paced call: a provider that knows when its request went out
+# (HTTP providers: when the headers are written, after any new connection is open) calls it
+# with that moment, in event-loop time, so the campaign's rate is counted from there.
+REQUEST_SENT: ContextVar[Callable[[float], None] | None] = ContextVar(
+    "request_sent", default=None)
 
 
 @dataclass(frozen=True, slots=True)

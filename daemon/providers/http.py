@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -11,6 +12,7 @@ import aiohttp
 
 from daemon import __version__
 from daemon.errors import TransientError
+from daemon.providers.base import REQUEST_SENT
 
 USER_AGENT = f"campaignd/{__version__}"
 # Bodies of answers are read up to this size: enough for any id or error JSON,
@@ -28,7 +30,22 @@ def new_session(
         timeout=aiohttp.ClientTimeout(total=timeout),
         headers={"User-Agent": USER_AGENT, **(headers or {})},
         raise_for_status=False,
+        trace_configs=[_sent_trace()],
     )
+
+
+def _sent_trace() -> aiohttp.TraceConfig:
+    """Reports each request's headers leaving to the engine's `REQUEST_SENT` hook."""
+    trace = aiohttp.TraceConfig()
+
+    async def headers_sent(session: aiohttp.ClientSession, context: object,
+                           params: aiohttp.TraceRequestHeadersSentParams) -> None:
+        report = REQUEST_SENT.get()
+        if report is not None:
+            report(asyncio.get_running_loop().time())
+
+    trace.on_request_headers_sent.append(headers_sent)
+    return trace
 
 
 def is_transient_status(status: int) -> bool:

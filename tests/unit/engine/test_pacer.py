@@ -228,3 +228,72 @@ def test_a_rate_increase_brings_no_burst() -> None:
     assert max_in_window(times, 1.0) <= 200
     assert max_in_window(times, 0.1) <= 200 * 0.15 + 1
     assert achieved_rate([t for t in times if t >= 3.0]) >= 0.97 * 200
+
+
+async def _arrivals(rate: int, count: int, slow: range, *, report: bool,
+                    consumers: int = 50) -> list[float]:
+    """Each call's request goes out 0.1 ms after its slot, 15 ms for the calls in `slow`
+    (their connections are being opened: a start, a restart); the arrivals' times."""
+    pacer = Pacer(rate)
+    loop = asyncio.get_running_loop()
+    arrivals: list[float] = []
+    remaining = [count]
+
+    async def consumer() -> None:
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            async with pacer.turn():
+                await pacer.token()
+                await pacer.window()
+                number = pacer.record()
+            await asyncio.sleep(0.015 if number - 1 in slow else 0.0001)
+            if report:
+                pacer.sent(number, loop.time())
+            arrivals.append(loop.time())
+
+    await asyncio.gather(*(consumer() for _ in range(consumers)))
+    return arrivals
+
+
+@pytest.mark.parametrize("rate", [500, 2000])
+def test_calls_count_from_when_their_request_went_out(rate: int) -> None:
+    # The first 40 calls wait 15 ms for new connections: a window opening at the first
+    # arrival would hold more than the rate were they counted from their slots.
+    slow = range(0, 40)
+    unreported = run_virtual(_arrivals(rate, rate * 3, slow, report=False))
+    assert max_in_window(unreported, 1.0) > rate  # what the reports are for
+    arrivals = run_virtual(_arrivals(rate, rate * 3, slow, report=True))
+    assert max_in_window(arrivals, 1.0) <= rate
+    assert achieved_rate(arrivals) / rate >= 0.99
+
+
+def test_a_late_request_lifts_every_later_kept_call() -> None:
+    async def scenario() -> tuple[float, float]:
+        pacer = Pacer(10)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for _ in range(10):
+            await pacer.acquire()
+        pacer.sent(1, start + 0.5)  # the first call went out last, 0.5 s late
+        await pacer.acquire()  # the 11th waits for a second after the first call's request
+        eleventh = loop.time()
+        pacer.sent(12, loop.time() + 10.0)  # a number past the last: ignored safely
+        return start, eleventh
+
+    start, eleventh = run_virtual(scenario())
+    assert eleventh >= start + 0.5 + 1.0
+
+
+def test_a_call_reported_after_leaving_the_kept_second_lifts_them_all() -> None:
+    async def scenario() -> tuple[float, float]:
+        pacer = Pacer(5)
+        loop = asyncio.get_running_loop()
+        for _ in range(12):
+            await pacer.acquire()
+        late = loop.time() + 0.3
+        pacer.sent(2, late)  # call 2 is no longer kept; its request went out only now
+        await pacer.acquire()
+        return late, loop.time()
+
+    late, thirteenth = run_virtual(scenario())
+    assert thirteenth >= late + 1.0
