@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 from daemon.errors import PermanentError, TransientError
 from daemon.models import Channel
-from daemon.providers.base import Address, Message
+from daemon.providers.base import REQUEST_SENT, Address, Message
 from daemon.providers.settings import WebhookProviderSettings
 from daemon.providers.webhook import WebhookProvider
 
@@ -273,3 +273,24 @@ async def test_connections_are_kept_alive_and_bounded_by_concurrency(gateway: Ga
         await asyncio.gather(*(provider.send(_message()) for _ in range(30)))
     assert len(gateway.requests) == 40
     assert len(gateway.peers) <= 3
+
+
+async def test_the_request_leaving_is_reported_to_the_engine(
+    gateway: Gateway,
+) -> None:
+    # The engine counts a call's rate from when its request went out (pacing.Pacer.sent).
+    reported: list[float] = []
+    loop = asyncio.get_running_loop()
+    async for provider in _provider(gateway):
+        token = REQUEST_SENT.set(reported.append)
+        try:
+            before = loop.time()
+            await provider.send(_message())
+            after = loop.time()
+        finally:
+            REQUEST_SENT.reset(token)
+        assert reported and all(before <= t <= after for t in reported)
+        received = len(gateway.requests)
+        reported.clear()
+        await provider.send(_message())  # no engine hook set: nothing reported
+        assert not reported and len(gateway.requests) == received + 1

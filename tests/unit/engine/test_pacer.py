@@ -259,7 +259,7 @@ async def _arrivals(rate: int, count: int, slow: range, *, report: bool,
 def test_calls_count_from_when_their_request_went_out(rate: int) -> None:
     # The first 40 calls wait 15 ms for new connections: a window opening at the first
     # arrival would hold more than the rate were they counted from their slots.
-    slow = range(0, 40)
+    slow = range(40)
     unreported = run_virtual(_arrivals(rate, rate * 3, slow, report=False))
     assert max_in_window(unreported, 1.0) > rate  # what the reports are for
     arrivals = run_virtual(_arrivals(rate, rate * 3, slow, report=True))
