@@ -218,12 +218,13 @@ class Pacer:
         """Seconds since the last call."""
         return asyncio.get_running_loop().time() - self._last
 
-    async def acquire(self) -> None:
-        """One slot (token, window, record): for callers with no other gate to take."""
+    async def acquire(self) -> int:
+        """One slot (token, window, record): for callers with no other gate to take; the
+        call's number, for `sent()`."""
         async with self.turn():
             await self.token()
             await self.window()
-            self.record()
+            return self.record()
 
 
 class SharedSlots(Protocol):
@@ -231,7 +232,9 @@ class SharedSlots(Protocol):
 
     name: str
 
-    async def slot(self) -> None: ...
+    async def slot(self) -> Callable[[float], None]:
+        """Wait for a slot; returns what to call with the moment the request went out."""
+        ...
 
     def valid(self) -> bool: ...
 

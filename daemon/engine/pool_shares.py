@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 
@@ -66,13 +67,15 @@ class PoolGate:
         """Whether a call of the pool may start now (the last check before it)."""
         return self.granted > 0 and self.clock.monotonic() < self.valid_until
 
-    async def slot(self) -> None:
-        """Wait for a share, then for the pool's next slot here."""
+    async def slot(self) -> Callable[[float], None]:
+        """Wait for a share, then for the pool's next slot here; what to tell when the
+        call's request went out (`Pacer.sent`: the pool counts it from then)."""
         while not self.valid():
             self._granted.clear()
             await self._granted.wait()
-        assert self._pacer is not None
-        await self._pacer.acquire()
+        pacer = self._pacer
+        assert pacer is not None
+        return partial(pacer.sent, await pacer.acquire())
 
 
 class PoolShares:
