@@ -79,6 +79,18 @@ class Api:
             raise ApiMissing(f"{method} {path}: not served by this daemon ({response.status})")
         raise BenchError(f"{method} {path} -> {response.status}: {detail}")
 
+    async def loop_lag(self) -> dict[str, float]:
+        """The daemon's `campaignd_event_loop_lag_seconds` buckets (cumulative, by `le`);
+        empty from a daemon without it."""
+        async with self.session.get("/metrics") as response:
+            text = await response.text()
+        buckets: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("campaignd_event_loop_lag_seconds_bucket{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets[le] = float(line.rsplit(" ", 1)[1])
+        return buckets
+
     async def require(self, *paths: str) -> None:
         """Fail with ApiMissing unless the list endpoints exist (the API has landed)."""
         for path in paths:

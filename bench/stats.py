@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -87,3 +88,16 @@ def ratio(numerator: float | None, denominator: float | None, digits: int = 3) -
     if numerator is None or not denominator:
         return None
     return round(numerator / denominator, digits)
+
+
+
+def loop_lag(before: dict[str, float], after: dict[str, float]) -> dict[str, Any] | None:
+    """The daemon's loop-lag ticks between two scrapes of its histogram: how many, and how
+    many ran later than each bucket's bound (over 0.005 s: the stalls longer than the
+    pacer's 5 ms margin)."""
+    if not after:
+        return None
+    total = after.get("+Inf", 0.0) - before.get("+Inf", 0.0)
+    over = {le: int(total - (after[le] - before.get(le, 0.0)))
+            for le in sorted((k for k in after if k != "+Inf"), key=float)}
+    return {"ticks": int(total), "late_by_more_than_s": over}

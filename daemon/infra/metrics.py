@@ -22,6 +22,13 @@ class Metrics:
             ["provider", "result"],
             registry=self.registry,
         )
+        self.loop_lag = Histogram(
+            "campaignd_event_loop_lag_seconds",
+            "How late the event loop ran a 20 ms timer: its stalls (a long write, a GC pass,"
+            " the CPU taken by another process), which push the senders' slots back.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
         self.provider_latency = Histogram(
             "campaignd_provider_latency_seconds",
             "Provider call latency.",
