@@ -14,27 +14,21 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-import structlog
+from typing import Any
 
 from daemon.engine import delivery
-from daemon.engine.delivery import RunExecution
+from daemon.engine.closing import RunClosing
+from daemon.engine.delivery import RunExecution, RunState
 from daemon.engine.pacing import Pacer, ProviderGate
 from daemon.engine.pool_shares import PoolGate
-from daemon.engine.steering import Steering
+from daemon.engine.recording import Recorder
+from daemon.engine.senders import Senders
+from daemon.engine.state import WorkerState
 from daemon.engine.window_gate import WindowGate
 from daemon.errors import PermanentError, ProviderError, TransientError
-from daemon.infra.clock import Clock
 from daemon.providers.base import Message, Provider, SendResult
-from daemon.store.engine import Campaign
-from daemon.store.recipients import Claimed, OutcomeRow
-from daemon.templates import CompiledContent, RenderError
-
-if TYPE_CHECKING:
-    from daemon.engine.recording import Recorder
-    from daemon.engine.state import WorkerServices
-    from daemon.planning.planner import PipelineSizes
+from daemon.store.recipients import Claimed
+from daemon.templates import RenderError
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 4x, per message
@@ -49,45 +43,59 @@ class _Call:
 
 
 class ProviderCalls:
-    """The calling part of a campaign worker; the other parts provide what is declared."""
+    """The provider calls (changes `calling`, `dead_tokens`, `abandoned`; sets `stopping`
+    when it finds the lease lost)."""
 
-    services: WorkerServices
-    campaign: Campaign
-    clock: Clock
-    log: structlog.stdlib.BoundLogger
-    pacer: Pacer | None
-    window_gate: WindowGate | None  # send windows (SPEC §9.2); None: always open
-    steering: Steering  # pause and resume (SPEC §9.1)
-    pool_gate: PoolGate | None  # the rate pool's share on this daemon (SPEC §9.3)
-    content: CompiledContent | None
-    content_error: str | None
-    recorder: Recorder
-    sizes: PipelineSizes
-    _calling: set[asyncio.Task[None]]  # senders inside a provider call
-    _abandoned: int  # calls cut by a forced stop
-    _metric_children: dict[tuple[str, str], Any]
+    def __init__(self, state: WorkerState, recorder: Recorder, senders: Senders,
+                 closing: RunClosing, pacer: Pacer | None, window_gate: WindowGate | None,
+                 pool_gate: PoolGate | None) -> None:
+        self.state = state
+        self.services = state.services
+        self.clock = state.clock
+        self.log = state.log
+        self.steering = state.steering  # pause and resume (SPEC §9.1)
+        self.content = state.content
+        self.content_error = state.content_error
+        self.recorder = recorder
+        self.closing = closing
+        self.pacer = pacer  # the engine's, per campaign: it outlives a worker
+        self.window_gate = window_gate  # send windows (SPEC §9.2); None: always open
+        self.pool_gate = pool_gate  # the rate pool's share on this daemon (SPEC §9.3)
+        self._take = senders.take
+        self._give_back = senders.give_back
+        self.staff = senders.staff
+        self._record = recorder.add
+        self._metric_children: dict[tuple[str, str], Any] = {}
+        self._error_log: dict[str, tuple[float, int]] = {}
 
-    if TYPE_CHECKING:  # provided by the other parts of the worker
-        def may_call(self, run: RunExecution) -> bool:
-            ...
+    def may_call(self, run: RunExecution) -> bool:
+        """Whether a provider call for `run` may start now (checked just before it)."""
+        state = self.state
+        if state.stopping or self.steering.paused or run.state is not RunState.ACTIVE:
+            return False
+        if not state.lease.valid():
+            state.stopping = True  # no call may start any more: the worker ends
+            state.wake_control()
+            return False
+        deadline = run.row.deadline
+        if deadline is not None and self.clock.now() >= deadline:
+            self.closing.begin_close(run, exclude_as=run.row.deadline_reason)
+            return False
+        return True
 
-        def _give_back(self, run: RunExecution, recipient: Claimed) -> None:
-            ...
+    def note_provider_error(self, provider: str, error: ProviderError, run_id: str) -> None:
+        """`provider.error`, at most once a second per provider (with how many were folded)."""
+        now = self.clock.monotonic()
+        last, folded = self._error_log.get(provider, (float("-inf"), 0))
+        if now - last < 1.0:
+            self._error_log[provider] = (last, folded + 1)
+            return
+        self._error_log[provider] = (now, 0)
+        self.log.warning("provider.error", provider=provider, run_id=run_id, reason=error.reason,
+                         transient=isinstance(error, TransientError), folded=folded)
 
-        async def _take(self) -> tuple[RunExecution, Claimed] | None:
-            ...
-
-        def _record(self, outcome: OutcomeRow) -> None:
-            ...
-
-        def staff(self) -> None:
-            ...
-
-        def note_provider_error(self, provider: str, error: ProviderError, run_id: str) -> None:
-            ...
-
-        def note_dead_tokens(self, profile_id: str, tokens: tuple[str, ...]) -> None:
-            ...
+    def note_dead_tokens(self, profile_id: str, tokens: tuple[str, ...]) -> None:
+        self.state.dead_tokens.extend((profile_id, token) for token in tokens)
 
     async def send_one(self, task: asyncio.Task[None]) -> bool:
         """Take the next recipient and make its call; False once the worker stops.
@@ -96,7 +104,7 @@ class ProviderCalls:
         once it holds the pacer's turn, right before the slot: the run served is the one
         whose turn it is when the slot comes, however many senders wait, so the runs share
         the rate fairly (a run triggered later gets its share at once)."""
-        await self.recorder.room(self.sizes.unwritten)
+        await self.recorder.room(self.state.sizes.unwritten)
         if self.pacer is None:
             await self.steering.wait_resumed()
             if self.window_gate is not None:
@@ -145,7 +153,7 @@ class ProviderCalls:
             return None
         try:
             return delivery.build_message(
-                run, recipient, self.content, self.campaign.channel, self.services.delivery,
+                run, recipient, self.content, self.state.campaign.channel, self.services.delivery,
                 self.services.unsubscribe_key,
                 provider_writes_unsubscribe=provider.writes_unsubscribe_url)
         except RenderError as exc:
@@ -160,7 +168,7 @@ class ProviderCalls:
         if not self.may_call(run):
             self._give_back(run, recipient)
             return None
-        provider = self.services.providers.for_channel(self.campaign.channel)
+        provider = self.services.providers.for_channel(self.state.campaign.channel)
         message = self._prepare(run, recipient, provider)
         if message is None:
             return None
@@ -189,7 +197,7 @@ class ProviderCalls:
 
     async def _call(self, call: _Call, task: asyncio.Task[None]) -> None:
         run, provider, gate = call.run, call.provider, call.gate
-        self._calling.add(task)
+        self.state.calling.add(task)
         self.staff()  # more work queued: another sender takes it while this one calls
         run.call_started()
         try:
@@ -201,14 +209,14 @@ class ProviderCalls:
             except ProviderError as exc:
                 error = exc
             except asyncio.CancelledError:
-                self._abandoned += 1  # stays claimed: sent again after a restart
+                self.state.abandoned += 1  # stays claimed: sent again after a restart
                 raise
             except Exception as exc:  # a provider bug must not lose the recipient: retry it
                 self.log.exception("provider.error", provider=provider.name, run_id=run.id)
                 error = TransientError(f"provider_failure: {type(exc).__name__}")
             finally:
                 gate.semaphore.release()
-                self._calling.discard(task)
+                self.state.calling.discard(task)
             self._metric("latency", provider.name).observe(self.clock.monotonic() - began)
             run.calls += 1
             self._outcome(run, call.recipient, provider.name, gate, result, error)
