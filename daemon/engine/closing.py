@@ -10,56 +10,30 @@ run's summary line.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
-import structlog
 
 from daemon.engine.delivery import RunExecution, RunState
-from daemon.infra.clock import Clock
+from daemon.engine.recording import Recorder
+from daemon.engine.state import MarkReady, WorkerState
 from daemon.models import ExclusionReason
 from daemon.store import engine as engine_store
 from daemon.store import recipients as recipient_store
-from daemon.store.engine import Campaign
-
-if TYPE_CHECKING:
-    from daemon.engine.recording import Recorder
-    from daemon.engine.state import WorkerServices
-
 
 ENDED_REMEMBERED = 1000  # run ids a worker remembers having ended (a read may predate it)
 
 
 class RunClosing:
-    """Closing runs; the worker's other parts provide what is declared here."""
+    """Closing runs (changes `closing`, `ended`, and takes runs out of `runs`)."""
 
-    services: WorkerServices
-    campaign: Campaign
-    clock: Clock
-    log: structlog.stdlib.BoundLogger
-    runs: dict[str, RunExecution]
-    group: asyncio.TaskGroup | None
-    recorder: Recorder
-    _closing: dict[str, asyncio.Task[None]]
-    _ended: dict[str, None]
-
-    if TYPE_CHECKING:  # provided by the other parts of the worker
-        def mark_ready(self, run: RunExecution) -> None:
-            ...
-
-        def wake_feeder(self) -> None:
-            ...
-
-        def wake_control(self) -> None:
-            ...
-
-        async def retrying(self, action: Callable[[], Awaitable[None]], what: str) -> None:
-            ...
+    def __init__(self, state: WorkerState, recorder: Recorder, mark_ready: MarkReady) -> None:
+        self.state = state
+        self.recorder = recorder
+        self.mark_ready = mark_ready  # a close that finds more to send hands the run back
 
     async def check_finished(self) -> None:
         """Close the active runs with nothing left to send (every outcome written)."""
-        now = self.clock.now()
-        for run in list(self.runs.values()):
+        state = self.state
+        now = state.clock.now()
+        for run in list(state.runs.values()):
             if run.state is not RunState.ACTIVE or not run.fresh_exhausted or run.queue:
                 continue
             if run.unrecorded:
@@ -70,7 +44,8 @@ class RunClosing:
             if run.counts.get("pending") == 0:  # as of the last write: every outcome is in
                 self.begin_close(run)
                 continue
-            pending, next_retry = await recipient_store.retry_state(self.services.pool, run.id)
+            pending, next_retry = await recipient_store.retry_state(state.services.pool,
+                                                                    run.id)
             if pending == 0:
                 self.begin_close(run)
             elif next_retry is not None:
@@ -81,14 +56,16 @@ class RunClosing:
 
     def begin_close(self, run: RunExecution, *, exclude_as: ExclusionReason | None = None,
                     fail_reason: str | None = None) -> None:
-        if run.state in (RunState.CLOSING, RunState.DONE) or self.group is None:
+        group = self.state.group
+        if run.state in (RunState.CLOSING, RunState.DONE) or group is None:
             return
         run.state = RunState.CLOSING
-        self._closing[run.id] = self.group.create_task(
+        self.state.closing[run.id] = group.create_task(
             self._close(run, exclude_as, fail_reason), name=f"close:{run.id}")
 
     async def _close(self, run: RunExecution, exclude_as: ExclusionReason | None,
                      fail_reason: str | None) -> None:
+        state = self.state
         try:
             await run.idle.wait()  # calls in flight for this run finish and are recorded
             await self.recorder.flush_now()
@@ -96,36 +73,37 @@ class RunClosing:
 
             async def close() -> None:
                 closed.append(await engine_store.close_run(
-                    self.services.pool, run.id, self.campaign.id, now=self.clock.now(),
+                    state.services.pool, run.id, state.campaign.id, now=state.clock.now(),
                     exclude_as=exclude_as, fail_reason=fail_reason, known=run.counts))
 
-            await self.retrying(close, "close_run")
+            await state.retrying(close, "close_run")
             result = closed[-1]
             if result is None:
-                if exclude_as is None and fail_reason is None and run.id in self.runs:
+                if exclude_as is None and fail_reason is None and run.id in state.runs:
                     run.state, run.fresh_exhausted, run.cursor = RunState.ACTIVE, False, -1
                     self.mark_ready(run)
-                    self.wake_feeder()
+                    state.wake_feeder()
                     return
-                self._forget(run)
+                self.forget(run)
                 return
             self._finished(run, result, exclude_as)
         finally:
-            self._closing.pop(run.id, None)
-            if not self.runs and not self._closing:
-                self.wake_control()  # perhaps nothing left to do: the worker may end
+            state.closing.pop(run.id, None)
+            if not state.runs and not state.closing:
+                state.wake_control()  # perhaps nothing left to do: the worker may end
 
     def _finished(self, run: RunExecution, result: engine_store.ClosedRun,
                   exclude_as: ExclusionReason | None) -> None:
+        log, clock = self.state.log, self.state.clock
         counts = result.counts
         excluded = engine_store.excluded_of(counts)
         if result.newly_excluded and exclude_as in (ExclusionReason.TIME_CAP,
                                                     ExclusionReason.CAMPAIGN_END):
-            self.log.info("run.excluded", run_id=run.id, reason=exclude_as,
-                          count=result.newly_excluded)
+            log.info("run.excluded", run_id=run.id, reason=exclude_as,
+                     count=result.newly_excluded)
         started = run.row.started_at
-        duration = (self.clock.now() - started).total_seconds() if started else None
-        self.log.info(
+        duration = (clock.now() - started).total_seconds() if started else None
+        log.info(
             "run.finished", run_id=run.id, status=result.status, end_reason=result.end_reason,
             targeted=counts["targeted"], sent=counts["sent"], failed=counts["failed"],
             pending=counts["pending"], excluded=excluded,
@@ -133,15 +111,26 @@ class RunClosing:
             calls=run.calls,
         )
         if result.campaign_completed:
-            self.log.info("campaign.completed", reason="one_shot_run_ended", run_id=run.id)
-        self._forget(run)
+            log.info("campaign.completed", reason="one_shot_run_ended", run_id=run.id)
+        self.forget(run)
 
-    def _forget(self, run: RunExecution) -> None:
+    def forget(self, run: RunExecution) -> None:
+        """The run is no longer executed here (ended, or ended elsewhere)."""
+        state = self.state
         run.state = RunState.DONE
-        self._ended[run.id] = None
-        if len(self._ended) > ENDED_REMEMBERED:
-            del self._ended[next(iter(self._ended))]
+        state.ended[run.id] = None
+        if len(state.ended) > ENDED_REMEMBERED:
+            del state.ended[next(iter(state.ended))]
         run.queue.clear()
         run.unrecorded = 0
-        if self.runs.pop(run.id, None) is not None:
-            self.services.metrics.runs_active.dec()
+        if state.runs.pop(run.id, None) is not None:
+            state.services.metrics.runs_active.dec()
+
+    async def settle(self, grace: float) -> None:
+        """Let runs already closing finish closing (their calls are done), within `grace`."""
+        closing = list(self.state.closing.values())
+        if closing:
+            await asyncio.wait(closing, timeout=grace)
+            for task in closing:
+                task.cancel()
+            await asyncio.gather(*closing, return_exceptions=True)

@@ -16,27 +16,36 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
-
-import structlog
+from typing import Any
 
 from daemon.engine import delivery
-from daemon.engine.delivery import RunExecution
+from daemon.engine.closing import RunClosing
+from daemon.engine.delivery import RunExecution, RunState
 from daemon.engine.pacing import Pacer, ProviderGate
 from daemon.engine.pool_shares import PoolGate
-from daemon.engine.steering import Steering
+from daemon.engine.recording import Recorder
+from daemon.engine.senders import Senders
+from daemon.engine.state import WorkerState
 from daemon.engine.window_gate import WindowGate
 from daemon.errors import PermanentError, ProviderError, TransientError
-from daemon.infra.clock import Clock
 from daemon.providers.base import REQUEST_SENT, Message, Provider, SendResult
-from daemon.store.engine import Campaign
-from daemon.store.recipients import Claimed, OutcomeRow
-from daemon.templates import CompiledContent, RenderError
+from daemon.store.recipients import Claimed
+from daemon.templates import RenderError
 
-if TYPE_CHECKING:
-    from daemon.engine.recording import Recorder
-    from daemon.engine.state import WorkerServices
-    from daemon.planning.planner import PipelineSizes
+Sent = Callable[[float], None]  # a limit's report of the moment a call's request went out
+
+
+def _each(*reports: Sent | None) -> Sent | None:
+    """One report for the limits a call went through (most calls: one, kept as it is)."""
+    given = [report for report in reports if report is not None]
+    if len(given) <= 1:
+        return given[0] if given else None
+
+    def every(at: float) -> None:
+        for report in given:
+            report(at)
+
+    return every
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 4x, per message
@@ -48,49 +57,63 @@ class _Call:
     message: Message
     provider: Provider
     gate: ProviderGate
-    sent: Callable[[float], None] | None  # the pacer's: when the request went out
+    sent: Sent | None  # the limits' report: when the request went out
 
 
 class ProviderCalls:
-    """The calling part of a campaign worker; the other parts provide what is declared."""
+    """The provider calls (changes `calling`, `dead_tokens`, `abandoned`; sets `stopping`
+    when it finds the lease lost)."""
 
-    services: WorkerServices
-    campaign: Campaign
-    clock: Clock
-    log: structlog.stdlib.BoundLogger
-    pacer: Pacer | None
-    window_gate: WindowGate | None  # send windows (SPEC §9.2); None: always open
-    steering: Steering  # pause and resume (SPEC §9.1)
-    pool_gate: PoolGate | None  # the rate pool's share on this daemon (SPEC §9.3)
-    content: CompiledContent | None
-    content_error: str | None
-    recorder: Recorder
-    sizes: PipelineSizes
-    _calling: set[asyncio.Task[None]]  # senders inside a provider call
-    _abandoned: int  # calls cut by a forced stop
-    _metric_children: dict[tuple[str, str], Any]
+    def __init__(self, state: WorkerState, recorder: Recorder, senders: Senders,
+                 closing: RunClosing, pacer: Pacer | None, window_gate: WindowGate | None,
+                 pool_gate: PoolGate | None) -> None:
+        self.state = state
+        self.services = state.services
+        self.clock = state.clock
+        self.log = state.log
+        self.steering = state.steering  # pause and resume (SPEC §9.1)
+        self.content = state.content
+        self.content_error = state.content_error
+        self.recorder = recorder
+        self.closing = closing
+        self.pacer = pacer  # the engine's, per campaign: it outlives a worker
+        self.window_gate = window_gate  # send windows (SPEC §9.2); None: always open
+        self.pool_gate = pool_gate  # the rate pool's share on this daemon (SPEC §9.3)
+        self._take = senders.take
+        self._give_back = senders.give_back
+        self.staff = senders.staff
+        self._record = recorder.add
+        self._metric_children: dict[tuple[str, str], Any] = {}
+        self._error_log: dict[str, tuple[float, int]] = {}
 
-    if TYPE_CHECKING:  # provided by the other parts of the worker
-        def may_call(self, run: RunExecution) -> bool:
-            ...
+    def may_call(self, run: RunExecution) -> bool:
+        """Whether a provider call for `run` may start now (checked just before it)."""
+        state = self.state
+        if state.stopping or self.steering.paused or run.state is not RunState.ACTIVE:
+            return False
+        if not state.lease.valid():
+            state.stopping = True  # no call may start any more: the worker ends
+            state.wake_control()
+            return False
+        deadline = run.row.deadline
+        if deadline is not None and self.clock.now() >= deadline:
+            self.closing.begin_close(run, exclude_as=run.row.deadline_reason)
+            return False
+        return True
 
-        def _give_back(self, run: RunExecution, recipient: Claimed) -> None:
-            ...
+    def note_provider_error(self, provider: str, error: ProviderError, run_id: str) -> None:
+        """`provider.error`, at most once a second per provider (with how many were folded)."""
+        now = self.clock.monotonic()
+        last, folded = self._error_log.get(provider, (float("-inf"), 0))
+        if now - last < 1.0:
+            self._error_log[provider] = (last, folded + 1)
+            return
+        self._error_log[provider] = (now, 0)
+        self.log.warning("provider.error", provider=provider, run_id=run_id, reason=error.reason,
+                         transient=isinstance(error, TransientError), folded=folded)
 
-        async def _take(self) -> tuple[RunExecution, Claimed] | None:
-            ...
-
-        def _record(self, outcome: OutcomeRow) -> None:
-            ...
-
-        def staff(self) -> None:
-            ...
-
-        def note_provider_error(self, provider: str, error: ProviderError, run_id: str) -> None:
-            ...
-
-        def note_dead_tokens(self, profile_id: str, tokens: tuple[str, ...]) -> None:
-            ...
+    def note_dead_tokens(self, profile_id: str, tokens: tuple[str, ...]) -> None:
+        self.state.dead_tokens.extend((profile_id, token) for token in tokens)
 
     async def send_one(self, task: asyncio.Task[None]) -> bool:
         """Take the next recipient and make its call; False once the worker stops.
@@ -99,7 +122,7 @@ class ProviderCalls:
         once it holds the pacer's turn, right before the slot: the run served is the one
         whose turn it is when the slot comes, however many senders wait, so the runs share
         the rate fairly (a run triggered later gets its share at once)."""
-        await self.recorder.room(self.sizes.unwritten)
+        await self.recorder.room(self.state.sizes.unwritten)
         if self.pacer is None:
             await self.steering.wait_resumed()
             if self.window_gate is not None:
@@ -107,13 +130,14 @@ class ProviderCalls:
             item = await self._take()
             if item is None:
                 return False
+            pool_sent = None
             if self.pool_gate is not None:  # an unthrottled campaign of a pool
                 try:
-                    await self.pool_gate.slot()
+                    pool_sent = await self.pool_gate.slot()
                 except BaseException:
                     self._give_back(*item)
                     raise
-            call = await self._admit(*item, paced=False)
+            call = await self._admit(*item, paced=False, pool_sent=pool_sent)
         else:
             async with self.pacer.turn():
                 await self.steering.wait_resumed()  # paused: the others wait behind this one
@@ -122,14 +146,15 @@ class ProviderCalls:
                 item = await self._take()
                 if item is None:
                     return False
+                pool_sent = None
                 try:
                     await self.pacer.token()
                     if self.pool_gate is not None:  # the pool's share on this daemon too
-                        await self.pool_gate.slot()
+                        pool_sent = await self.pool_gate.slot()
                 except BaseException:
                     self._give_back(*item)
                     raise
-                call = await self._admit(*item, paced=True)
+                call = await self._admit(*item, paced=True, pool_sent=pool_sent)
         if call is not None:
             await self._call(call, task)
         return True
@@ -148,30 +173,31 @@ class ProviderCalls:
             return None
         try:
             return delivery.build_message(
-                run, recipient, self.content, self.campaign.channel, self.services.delivery,
+                run, recipient, self.content, self.state.campaign.channel, self.services.delivery,
                 self.services.unsubscribe_key,
                 provider_writes_unsubscribe=provider.writes_unsubscribe_url)
         except RenderError as exc:
             self._record(delivery.render_failure(run, recipient, exc, self.clock.now()))
             return None
 
-    async def _admit(self, run: RunExecution, recipient: Claimed, *, paced: bool
-                     ) -> _Call | None:
+    async def _admit(self, run: RunExecution, recipient: Claimed, *, paced: bool,
+                     pool_sent: Sent | None = None) -> _Call | None:
         """Prepare the message and take the provider's gates (and, paced, the window check);
         a call to start now, holding a concurrency slot, or None (the recipient was given
-        back, or its outcome recorded)."""
+        back, or its outcome recorded). Each limit the call went through (the campaign's
+        pacer, the pool's share, the provider's rate) is told when its request went out."""
         if not self.may_call(run):
             self._give_back(run, recipient)
             return None
-        provider = self.services.providers.for_channel(self.campaign.channel)
+        provider = self.services.providers.for_channel(self.state.campaign.channel)
         message = self._prepare(run, recipient, provider)
         if message is None:
             return None
         gate = self.services.gates.gate(provider.name, provider.settings)
         holding = admitted = False
-        sent: Callable[[float], None] | None = None
+        sent: Sent | None = None
         try:
-            await self._provider_gates(gate)
+            provider_sent = await self._provider_gates(gate)
             holding = True
             if paced:
                 assert self.pacer is not None
@@ -184,6 +210,8 @@ class ProviderCalls:
             if admitted and paced:
                 assert self.pacer is not None
                 sent = partial(self.pacer.sent, self.pacer.record())
+            if admitted:
+                sent = _each(sent, pool_sent, provider_sent)
         finally:
             if not admitted:
                 if holding:
@@ -193,7 +221,7 @@ class ProviderCalls:
 
     async def _call(self, call: _Call, task: asyncio.Task[None]) -> None:
         run, provider, gate = call.run, call.provider, call.gate
-        self._calling.add(task)
+        self.state.calling.add(task)
         self.staff()  # more work queued: another sender takes it while this one calls
         run.call_started()
         try:
@@ -206,31 +234,33 @@ class ProviderCalls:
             except ProviderError as exc:
                 error = exc
             except asyncio.CancelledError:
-                self._abandoned += 1  # stays claimed: sent again after a restart
+                self.state.abandoned += 1  # stays claimed: sent again after a restart
                 raise
             except Exception as exc:  # a provider bug must not lose the recipient: retry it
                 self.log.exception("provider.error", provider=provider.name, run_id=run.id)
                 error = TransientError(f"provider_failure: {type(exc).__name__}")
             finally:
                 gate.semaphore.release()
-                self._calling.discard(task)
+                self.state.calling.discard(task)
             self._metric("latency", provider.name).observe(self.clock.monotonic() - began)
             run.calls += 1
             self._outcome(run, call.recipient, provider.name, gate, result, error)
         finally:
             run.call_ended()
 
-    async def _provider_gates(self, gate: ProviderGate) -> None:
-        """Wait out a pause, take the provider's rate slot and a concurrency slot."""
+    async def _provider_gates(self, gate: ProviderGate) -> Sent | None:
+        """Wait out a pause, take the provider's rate slot and a concurrency slot; what to
+        tell the provider's rate when the request went out."""
         while True:
+            sent: Sent | None = None
             await gate.wait_unpaused()
             if gate.shared is not None:  # the provider's rate, over every daemon
-                await gate.shared.slot()
+                sent = await gate.shared.slot()
             elif gate.pacer is not None:
-                await gate.pacer.acquire()
+                sent = partial(gate.pacer.sent, await gate.pacer.acquire())
             await gate.semaphore.acquire()
             if gate.paused_for() <= 0:
-                return
+                return sent
             gate.semaphore.release()
 
     def _outcome(self, run: RunExecution, recipient: Claimed, provider: str,

@@ -8,31 +8,27 @@ task per run owned by the starter loop (so it ends with the worker). Each chunk 
 feeder claim further and refreshes the run's counts. A close freezes whatever is left
 itself (`store.engine.close_run`), so the task stops as soon as its run is closing; after
 a crash, the next holder's task goes on from where the last committed chunk ended.
+
+Every run executed here (started, or adopted by the control loop) enters `runs` through
+`add`, and is activated at its first delivery time, to the millisecond (`activator_loop`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
 
-import structlog
-
-from daemon.engine.delivery import RunExecution, RunState
-from daemon.engine.steering import Steering
-from daemon.infra.clock import Clock
-from daemon.models import ExclusionReason
+from daemon.engine.closing import RunClosing
+from daemon.engine.delivery import RENDER_ERROR, RunExecution, RunState
+from daemon.engine.state import MarkReady, WorkerState, wait
 from daemon.planning import windows
 from daemon.store import engine as engine_store
 from daemon.store import freeze as freeze_store
 from daemon.store import recipients as recipient_store
 from daemon.store import triggers as trigger_store
-from daemon.store.engine import Campaign, RunRow
-
-if TYPE_CHECKING:
-    from daemon.engine.state import WorkerServices
+from daemon.store.engine import RunRow
 
 # A worker takes a scheduled run ahead of its start (store.engine._PREPARE_AT) and freezes
 # it just early enough: MIN_LEAD before its start, plus its size (a stored audience's first
@@ -65,41 +61,37 @@ def _batches(rows: list[RunRow]) -> list[list[RunRow]]:
 
 
 class RunStarting:
-    """Starting runs; the worker's other parts provide what is declared here."""
+    """Starting runs: the start queue and the freezes are its own; it adds the runs it
+    starts (and those control adopts) to `runs`, and activates them (changes `starting`)."""
 
-    services: WorkerServices
-    campaign: Campaign
-    campaign_variables: dict[str, Any]
-    clock: Clock
-    log: structlog.stdlib.BoundLogger
-    runs: dict[str, RunExecution]
-    to_freeze: set[str]
-    _start_queue: dict[str, RunRow]
-    _freeze_at: dict[str, datetime]
-    _sizes: dict[str, int]
-    _start_wake: asyncio.Event
-    _starting: set[str]
-    steering: Steering
+    def __init__(self, state: WorkerState, closing: RunClosing, mark_ready: MarkReady,
+                 publish_demand: Callable[[], None]) -> None:
+        self.state = state
+        self.closing = closing
+        self.mark_ready = mark_ready
+        self.publish_demand = publish_demand
+        self.log = state.log
+        self.clock = state.clock
+        self.to_freeze: set[str] = set()  # runs whose further chunks are to freeze
+        self._start_queue: dict[str, RunRow] = {}
+        self._freeze_at: dict[str, datetime] = {}  # run id -> when to freeze it
+        self._sizes: dict[str, int] = {}  # run id -> its stored audience's size, counted ahead
+        self._start_wake = asyncio.Event()
+        self._activation_wake = asyncio.Event()
 
-    if TYPE_CHECKING:  # provided by the other parts of the worker
-        def wake_feeder(self) -> None:
-            ...
+    def offer(self, rows: list[RunRow]) -> None:
+        """Scheduled runs due to start (from the scheduler): queued unless known."""
+        state = self.state
+        for row in rows:
+            if row.id in state.starting or row.id in state.runs or row.id in state.ended:
+                continue
+            state.starting.add(row.id)
+            self._start_queue[row.id] = row
+            self._start_wake.set()
 
-        def wake_control(self) -> None:
-            ...
-
-        def begin_close(self, run: RunExecution, *, exclude_as: ExclusionReason | None = None,
-                        fail_reason: str | None = None) -> None:
-            ...
-
-        async def retrying(self, action: Callable[[], Awaitable[None]], what: str) -> None:
-            ...
-
-        async def wait(self, event: asyncio.Event, seconds: float | None) -> None:
-            ...
-
-        def _add(self, run: RunExecution) -> None:
-            ...
+    def wake(self) -> None:
+        """Look at the start queue again (the campaign was resumed)."""
+        self._start_wake.set()
 
     async def starter_loop(self) -> None:
         """Freeze each scheduled run taken when its time comes, earliest first; and the
@@ -116,16 +108,16 @@ class RunStarting:
                 freezers.create_task(self.freezer(run_id), name=f"freeze:{run_id}")
             for run_id, row in list(self._start_queue.items()):
                 if run_id not in self._freeze_at:
-                    await self.retrying(functools.partial(self._plan_freeze, row),
+                    await self.state.retrying(functools.partial(self._plan_freeze, row),
                                         "plan_freeze")
             now = self.clock.now()
             due = sorted((at, run_id) for run_id, at in self._freeze_at.items()
                          if run_id in self._start_queue)
             ready = [self._start_queue[run_id] for at, run_id in due if at <= now]
-            if ready and self.steering.paused:  # SPEC §9.1: they wait for the resume
-                await self.wait(self._start_wake, None)
+            if ready and self.state.steering.paused:  # SPEC §9.1: they wait for the resume
+                await wait(self._start_wake, None)
                 continue
-            if ready and self.campaign.windows:
+            if ready and self.state.campaign.windows:
                 ready = await self._inside_windows(ready)
             if ready:
                 # A few statements at once (each its own transaction, on its own
@@ -135,24 +127,24 @@ class RunStarting:
                 await asyncio.gather(*(self._start_batch(batch) for batch in batches))
                 continue
             seconds = (due[0][0] - now).total_seconds() if due else None
-            await self.wait(self._start_wake, seconds)
+            await wait(self._start_wake, seconds)
 
     async def _inside_windows(self, rows: list[RunRow]) -> list[RunRow]:
         """The runs whose start falls in an open send window; the others are moved to the
         next opening (SPEC §9.2: `scheduled` until then) and planned again."""
-        chosen = windows.from_stored(self.campaign.windows)
+        chosen = windows.from_stored(self.state.campaign.windows)
         keep = []
         for row in rows:
             opening = windows.next_opening(chosen, row.scheduled_for)
             if opening is None or opening <= row.scheduled_for:
                 keep.append(row)
                 continue
-            moved = await trigger_store.defer_run(self.services.pool, row.id, opening)
+            moved = await trigger_store.defer_run(self.state.services.pool, row.id, opening)
             # Handed back: the scheduler hands it again when it is due (the deferral
             # NOTIFYs it); until then it is `scheduled`, with `scheduled_for` the opening.
             self._freeze_at.pop(row.id, None)
             self._start_queue.pop(row.id, None)
-            self._starting.discard(row.id)
+            self.state.starting.discard(row.id)
             if moved is not None:
                 self.log.info("run.deferred", run_id=row.id, scheduled_for=moved.isoformat(),
                               reason="send_window")
@@ -163,17 +155,17 @@ class RunStarting:
             self._start_queue.pop(row.id)
             self._freeze_at.pop(row.id, None)
         try:
-            await self.retrying(functools.partial(self._start, rows), "start")
+            await self.state.retrying(functools.partial(self._start, rows), "start")
         finally:
             for row in rows:
-                self._starting.discard(row.id)
+                self.state.starting.discard(row.id)
                 self._sizes.pop(row.id, None)
 
     async def _plan_freeze(self, row: RunRow) -> None:
         size = row.inline_count
         if row.audience_id is not None:  # frozen in chunks: the first one before the start
             size = self._sizes[row.id] = await engine_store.audience_size(
-                self.services.pool, row.audience_id)
+                self.state.services.pool, row.audience_id)
             first = engine_store.first_chunk_of(row)
             size = min(size, first) if first is not None else size
         lead = MIN_LEAD + size / FREEZE_ROWS_PER_SECOND
@@ -181,14 +173,14 @@ class RunStarting:
 
     async def _start(self, rows: list[RunRow]) -> None:
         now = self.clock.now()
-        pool, time_cap = self.services.pool, self.services.time_cap
+        pool, time_cap = self.state.services.pool, self.state.services.time_cap
         if rows[0].audience_id is not None:
-            one = await engine_store.start_run(pool, rows[0], self.campaign, now=now,
+            one = await engine_store.start_run(pool, rows[0], self.state.campaign, now=now,
                                                time_cap=time_cap,
                                                size=self._sizes.get(rows[0].id, 0))
             started = [one] if one is not None else []  # else cancelled meanwhile
         else:
-            started = await engine_store.start_inline_runs(pool, rows, self.campaign, now=now,
+            started = await engine_store.start_inline_runs(pool, rows, self.state.campaign, now=now,
                                                            time_cap=time_cap)
         for run in started:
             self._started(run)
@@ -207,16 +199,54 @@ class RunStarting:
         full = {column: 0 for column in recipient_store.COUNT_COLUMNS}
         full.update(targeted=counts.targeted, pending=counts.pending,
                     **{f"excluded_{k}": v for k, v in counts.excluded.items()})
-        run = RunExecution(row=started.run, campaign_variables=self.campaign_variables,
+        run = RunExecution(row=started.run, campaign_variables=self.state.campaign_variables,
                            counts=full)
-        self._add(run)
+        self.add(run)
         if started.freezing:
             self.freeze_rest(run.id)
         elif counts.pending == 0:
-            self.begin_close(run)
+            self.closing.begin_close(run)
             return
         if run.row.deadline is not None:
-            self.wake_control()  # its deadline is a new timer for the control loop
+            self.state.wake_control()  # its deadline is a new timer for the control loop
+
+    # -- activation ----------------------------------------------------------------------------
+
+    def add(self, run: RunExecution) -> None:
+        """A run executed here from now on (started here, or adopted by control)."""
+        state = self.state
+        state.runs[run.id] = run
+        run.progress_at = self.clock.monotonic()
+        state.services.metrics.runs_active.inc()
+        if self.clock.now() >= run.first_delivery:
+            self.activate(run)
+        else:
+            self._activation_wake.set()
+        state.wake_feeder()
+
+    async def activator_loop(self) -> None:
+        """Activate each frozen run at its first delivery time, to the millisecond: its own
+        loop, so that the control loop's reads never delay a start."""
+        while True:
+            self._activation_wake.clear()
+            now = self.clock.now()
+            waiting = [run for run in self.state.runs.values()
+                       if run.state is RunState.WAITING]
+            for run in waiting:
+                if now >= run.first_delivery:
+                    self.activate(run)
+            later = [run.first_delivery for run in waiting if run.state is RunState.WAITING]
+            seconds = (min(later) - now).total_seconds() if later else None
+            await wait(self._activation_wake, seconds)
+
+    def activate(self, run: RunExecution) -> None:
+        if self.state.content_error is not None:
+            self.closing.begin_close(run, fail_reason=RENDER_ERROR)
+            return
+        run.state = RunState.ACTIVE
+        run.started_mono = self.clock.monotonic()
+        self.mark_ready(run)
+        self.publish_demand()
 
     # -- the rest of a stored audience --------------------------------------------------------
 
@@ -226,14 +256,14 @@ class RunStarting:
         self._start_wake.set()
 
     def _sending(self, run_id: str) -> RunExecution | None:
-        run = self.runs.get(run_id)
+        run = self.state.runs.get(run_id)
         if run is None or run.state not in (RunState.WAITING, RunState.ACTIVE):
             return None
         return run
 
     async def _advance(self, run_id: str, limit: int,
                        out: list[freeze_store.Chunk | None]) -> None:
-        out[:] = [await freeze_store.advance(self.services.pool, run_id, now=self.clock.now(),
+        out[:] = [await freeze_store.advance(self.state.services.pool, run_id, now=self.clock.now(),
                                              limit=limit)]
 
     async def freezer(self, run_id: str) -> None:
@@ -244,7 +274,8 @@ class RunStarting:
         while self._sending(run_id) is not None:
             # Small chunks first (the first ones race the sending), larger ones later.
             limit = min(limit * 4, freeze_store.CHUNK)
-            await self.retrying(functools.partial(self._advance, run_id, limit, out), "freeze")
+            await self.state.retrying(functools.partial(self._advance, run_id, limit, out),
+                                      "freeze")
             chunk = out[0]
             run = self._sending(run_id)
             if chunk is None or run is None:
@@ -252,11 +283,11 @@ class RunStarting:
             chunks += 1
             run.counts.update(chunk.counts)
             run.fresh_exhausted = False
-            self.wake_feeder()
+            self.state.wake_feeder()
             if not chunk.freezing:
                 self.log.info("run.frozen", run_id=run_id, later_chunks=chunks,
                               targeted=chunk.counts["targeted"],
                               pending=chunk.counts["pending"])
                 if chunk.counts["pending"] == 0:
-                    self.begin_close(run)
+                    self.closing.begin_close(run)
                 return

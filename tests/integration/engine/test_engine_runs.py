@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.engine import runs as execution
+from daemon.engine import control as execution
 from daemon.store import Pool
 from tests.integration.engine.conftest import (
     EngineFactory,

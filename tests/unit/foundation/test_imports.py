@@ -1,5 +1,7 @@
-"""The package's import graph: no cycle anywhere in `daemon/`, and the layers point one way
-(the store and the pure planning arithmetic import nothing from the API or the engine).
+"""The package's import graph: no cycle anywhere in `daemon/`, the layers point one way
+(the store and the pure planning arithmetic import nothing from the API or the engine),
+and so do the campaign worker's (worker → parts → state: no part imports the worker, the
+state imports no part).
 
 Read from the source with `ast`, so imports under `if TYPE_CHECKING:` and inside functions
 count too: a cycle hidden there is still a cycle for the reader."""
@@ -86,3 +88,37 @@ def test_the_store_and_planning_import_nothing_from_the_api_or_the_engine() -> N
         if _package_of(module) in ("store", "planning"):
             upward = sorted(t for t in imports if _package_of(t) in ("api", "engine", "cli"))
             assert upward == [], f"{module} imports {upward}"
+
+
+# The campaign worker and the parts it composes (daemon/engine/): worker → parts → state.
+WORKER = "daemon.engine.worker"
+STATE = "daemon.engine.state"
+PARTS = {f"daemon.engine.{name}" for name in (
+    "control", "starting", "feeding", "senders", "sending", "closing", "demand")}
+
+
+def _one_way_violations(graph: dict[str, set[str]]) -> list[str]:
+    """The imports against the worker's direction: a part (or the state) importing the
+    worker, the state importing a part."""
+    found = [f"{m} imports {WORKER}" for m in sorted(PARTS | {STATE})
+             if WORKER in graph.get(m, set())]
+    found += [f"{STATE} imports {part}" for part in sorted(PARTS & graph.get(STATE, set()))]
+    return found
+
+
+def test_the_worker_parts_exist() -> None:
+    graph = _graph()
+    missing = sorted(m for m in PARTS | {WORKER, STATE} if m not in graph)
+    assert missing == []
+    assert PARTS - graph[WORKER] == set()  # the worker composes every part
+
+
+def test_a_wrong_way_import_is_found() -> None:
+    graph = {WORKER: {STATE}, STATE: {"daemon.engine.sending"},
+             "daemon.engine.closing": {WORKER}}
+    assert _one_way_violations(graph) == [f"daemon.engine.closing imports {WORKER}",
+                                          f"{STATE} imports daemon.engine.sending"]
+
+
+def test_the_worker_imports_point_one_way() -> None:
+    assert _one_way_violations(_graph()) == []
