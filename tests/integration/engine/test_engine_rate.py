@@ -90,9 +90,10 @@ async def test_the_rate_holds_where_the_calls_arrive(
     slots: list[float] = []
     record = Pacer.record
 
-    def recording(pacer: Pacer) -> None:
-        record(pacer)
+    def recording(pacer: Pacer) -> int:
+        number = record(pacer)
         slots.append(asyncio.get_running_loop().time())
+        return number
 
     monkeypatch.setattr(Pacer, "record", recording)
     count = rate * seconds
