@@ -6,11 +6,10 @@ import tracemalloc
 
 from hypothesis import HealthCheck, given, settings
 
-from daemon import template_limits as limits
 from daemon.api.campaign_rules import compile_content
 from daemon.errors import Problem
 from daemon.models import Channel
-from daemon.templates import MAX_RENDERED_CHARS, CompiledContent, RenderError
+from daemon.templates import MAX_RENDERED_CHARS, CompiledContent, RenderError, limits
 from tests.hostile_templates import TEMPLATES
 
 VARIABLES = {

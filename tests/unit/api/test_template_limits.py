@@ -13,9 +13,14 @@ from typing import Any
 
 import pytest
 
-from daemon import template_limits as limits
 from daemon.models import Channel
-from daemon.templates import MAX_RENDERED_CHARS, CompiledContent, RenderError, TemplateProblem
+from daemon.templates import (
+    MAX_RENDERED_CHARS,
+    CompiledContent,
+    RenderError,
+    TemplateProblem,
+    limits,
+)
 
 VARIABLES: dict[str, Any] = {
     "profile": {"id": "p1", "attributes": {"name": "Ann"}}, "context": {"a": "x"},

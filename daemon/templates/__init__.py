@@ -11,7 +11,7 @@ fields all render from one scope (the environment's globals and the variables, m
 per message), each field in its own Jinja context over it: what `Template.render` would
 build per field (a copy of the globals' ChainMap and the variables) is built once.
 
-What a render may cost is bounded (daemon.template_limits: one budget of steps and
+What a render may cost is bounded (daemon.templates.limits: one budget of steps and
 characters per message, caps on widths) and nothing is evaluated when a template compiles.
 """
 
@@ -29,11 +29,10 @@ from jinja2.runtime import LoopContext, Macro
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Cycler, Namespace
 
-from daemon import template_compiler as compiler
-from daemon import template_limits as limits
 from daemon.errors import CampaigndError
 from daemon.models import Channel
-from daemon.template_filters import BOUNDED_GLOBALS, bounded_filters, checked_call
+from daemon.templates import compiler, limits
+from daemon.templates.filters import BOUNDED_GLOBALS, bounded_filters, checked_call
 
 # Largest string/list a template may build with `*`, largest exponent for `**`,
 # and largest rendered field: far above any real message, far below trouble.

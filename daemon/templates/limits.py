@@ -8,8 +8,8 @@ separator joined many times) is charged, or refused, before it runs. A budget sp
 `BudgetExceeded` (a sandbox violation): the message fails, the daemon does not.
 
 The bounds are enforced by instrumenting the parsed template and by a code generator that
-routes `~` and `in` through the budget (daemon.template_compiler), by the filters
-(daemon.template_filters) and by the sandbox itself (daemon.templates: calls, `*`, `+`,
+routes `~` and `in` through the budget (daemon.templates.compiler), by the filters
+(daemon.templates.filters) and by the sandbox itself (daemon.templates: calls, `*`, `+`,
 `%`). Nothing is evaluated at compile time: the environment is not optimised and output is
 finalised at run time, so `{{ 'a'|center(10**9) }}` is never folded into a constant when a
 campaign is created. docs/security.md states the limits.
@@ -41,7 +41,7 @@ MAX_WIDTH = 10_000
 ELEMENTS_PER_STEP = 10
 CHARS_PER_STEP = 1_000
 
-# The filters the instrumentation (daemon.template_compiler) calls.
+# The filters the instrumentation (daemon.templates.compiler) calls.
 BUDGET_STEP = "_budget_step"
 BUDGET_EACH = "_budget_each"
 BUDGET_VALUE = "_budget_value"

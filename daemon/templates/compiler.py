@@ -1,5 +1,5 @@
 """The compile side of the template bounds: the parsed template instrumented so that its
-loops, macros and literals spend from the render's budget (daemon.template_limits), a code
+loops, macros and literals spend from the render's budget (daemon.templates.limits), a code
 generator that routes `~` and `in` through it, and an introspection that folds nothing.
 """
 
@@ -12,7 +12,7 @@ from jinja2.compiler import CodeGenerator, Frame, operators
 from jinja2.meta import TrackingCodeGenerator
 from jinja2.visitor import NodeTransformer
 
-from daemon.template_limits import BUDGET_EACH, BUDGET_STEP, BUDGET_VALUE
+from daemon.templates.limits import BUDGET_EACH, BUDGET_STEP, BUDGET_VALUE
 
 
 def _filter(value: Any, name: str, *args: Any, lineno: int) -> nodes.Filter:

@@ -1,6 +1,6 @@
 """Jinja's filters, globals and string methods with their sizes bounded before they run.
 
-Each function here charges the current render's budget (daemon.template_limits) for what
+Each function here charges the current render's budget (daemon.templates.limits) for what
 its result may weigh, and refuses a width or count above MAX_WIDTH, before doing the work:
 `'a'|center(10**9)` or `'a'.ljust(10**9)` is refused, it never allocates a gigabyte.
 """
@@ -13,7 +13,7 @@ from typing import Any
 from jinja2 import filters as jinja_filters
 from jinja2.utils import generate_lorem_ipsum, pass_environment, pass_eval_context
 
-from daemon.template_limits import (
+from daemon.templates.limits import (
     bounded_filter,
     charge_elements,
     charge_pass,
