@@ -160,8 +160,9 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
             signal.signal(signum, signal.SIG_IGN)
-        log.info("daemon.stopped")
-        return 0
+        failed = ctx.lifecycle.failed
+        log.info("daemon.stopped", failed=failed)
+        return 1 if failed else 0
 
     async def _stop_stage(self, stage: Stage) -> None:
         await stage.stop(self.config.server.shutdown_grace, self._force)

@@ -22,6 +22,9 @@ class Lifecycle:
 
     stopping: bool = False
     migrations_current: bool = True
+    # A stage that died (its name): the daemon stops and exits 1, so that systemd's
+    # Restart=on-failure starts it again (exit 0 would leave it stopped).
+    failed: str | None = None
 
 
 class TokenCache:

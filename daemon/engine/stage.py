@@ -187,7 +187,9 @@ class Engine:
         if task.cancelled() or task.exception() is None:
             return
         log.critical("engine.failed", error=repr(task.exception()), exc_info=task.exception())
-        # A dead engine must not leave a daemon that accepts triggers it will never run.
+        # A dead engine must not leave a daemon that accepts triggers it will never run:
+        # the daemon stops, and exits 1 (systemd restarts it).
+        self.ctx.lifecycle.failed = "engine"
         signal.raise_signal(signal.SIGTERM)
 
     # -- supervision ------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from daemon.store import notifications as store
 from daemon.store.listen import Listener
 
 if TYPE_CHECKING:
-    from daemon.api.context import AppContext
+    from daemon.api.context import AppContext, Lifecycle
 
 log = get_logger(__name__)
 
@@ -61,13 +61,15 @@ class NotificationDeliverer:
 
     def __init__(self, pool: Pool, clock: Clock, metrics: Metrics,
                  settings: NotificationsSection | None, *, batch: int = BATCH,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random,
+                 lifecycle: Lifecycle | None = None) -> None:
         self._pool = pool
         self._clock = clock
         self._metrics = metrics
         self.settings = settings
         self._batch = batch
         self._jitter = jitter
+        self._lifecycle = lifecycle
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -94,7 +96,10 @@ class NotificationDeliverer:
             return
         log.critical("notifications.deliverer_failed", error=repr(task.exception()),
                      exc_info=task.exception())
-        # A dead deliverer must not look alive: the outbox would grow unseen.
+        # A dead deliverer must not look alive: the outbox would grow unseen. The daemon
+        # stops and exits 1 (systemd restarts it).
+        if self._lifecycle is not None:
+            self._lifecycle.failed = "notifications"
         signal.raise_signal(signal.SIGTERM)
 
     async def stop(self, grace: float, force: asyncio.Event | None = None) -> None:
@@ -231,6 +236,6 @@ class NotificationDeliverer:
 def stage(ctx: AppContext) -> NotificationDeliverer:
     """The factory for `daemon.stages`."""
     deliverer = NotificationDeliverer(ctx.pool, ctx.clock, ctx.metrics,
-                                      ctx.config.notifications)
+                                      ctx.config.notifications, lifecycle=ctx.lifecycle)
     ctx.services[NotificationDeliverer.name] = deliverer
     return deliverer
