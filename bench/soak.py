@@ -6,7 +6,9 @@ gateway stalling its answers for 10 s, and a fast restart of PostgreSQL (the soa
 private cluster for that, unless `--database-url` names a server: then it is skipped).
 Every 10 s it samples the daemon's RSS, its database connections (`pg_stat_activity`), its
 asyncio tasks (`campaignd_event_loop_tasks`, when the daemon exports it) and the report's
-invariant. At the end: lost and duplicated messages, the busiest sliding 1 s window at the
+invariant; a daemon that exits by itself is restarted (as systemd would) and its exit
+recorded. At the end: messages not reached (pending if the run is not over, lost if it is)
+and duplicated, the busiest sliding 1 s window at the
 gateway overall and after each fault, and the samples (RSS, connections and tasks should be
 flat between restarts).
 """
@@ -183,6 +185,7 @@ async def _soak(options: Options, cluster: PrivateCluster | None, minutes: float
         gateway = harness.gateway
         samples: list[dict[str, Any]] = []
         faults: list[dict[str, Any]] = []
+        exits: list[dict[str, Any]] = []  # the daemon's own exits (not a fault's)
         async with daemon.api() as api:
             await api.require("/v1/campaigns")
             await api.import_profiles(count, "soak")
@@ -196,6 +199,12 @@ async def _soak(options: Options, cluster: PrivateCluster | None, minutes: float
             report: dict[str, Any] = {}
             while time.monotonic() - began < minutes * 60 + 120:
                 now = time.monotonic()
+                if daemon.process is not None and daemon.process.returncode is not None:
+                    # It exited by itself: restart it, as systemd's Restart=on-failure would.
+                    exits.append({"t_s": round(now - began, 1),
+                                  "code": daemon.process.returncode,
+                                  "last_errors": daemon.errors()[-3:]})
+                    await daemon.start()
                 if now >= next_sample:
                     next_sample += SAMPLE_EVERY
                     sample = await _sample(harness, daemon, session, run_id, began)
@@ -222,7 +231,9 @@ async def _soak(options: Options, cluster: PrivateCluster | None, minutes: float
     result: dict[str, Any] = {
         **harness.describe(), "rate": rate, "minutes": minutes, "fault_every_s": every,
         "targeted": count, "arrived": len(arrivals), "distinct": len(keys),
-        "lost": count - len(keys), "duplicates": arrivals.duplicates(),
+        # Not reached when the soak ended: lost only if the run completed (else pending).
+        "not_reached": count - len(keys), "duplicates": arrivals.duplicates(),
+        "final_counts": report.get("counts"), "daemon_exits": exits,
         "max_1s_window": max_in_window(times, 1.0), "faults": faults,
         "invariant_held_on_every_sample": all(s["invariant"] for s in samples if "invariant" in s),
         "rss_mb": {"first": rss[0] if rss else None, "last": rss[-1] if rss else None,
@@ -237,6 +248,8 @@ async def _soak(options: Options, cluster: PrivateCluster | None, minutes: float
         f"{len(keys)} of {count} reached, {result['duplicates']} duplicated, busiest 1 s "
         f"{result['max_1s_window']} (rate {rate})",
         f"RSS first/last/max {result['rss_mb']}, connections {result['connections']}",
+        f"the run at the end: {result['final_status']} {result['final_counts']}; the daemon "
+        f"exited by itself {len(exits)} times {[(e['t_s'], e['code']) for e in exits]}",
     ] + [f"{f['at_s']} s: {f['what']}; busiest 1 s after {f['max_1s_after']}" for f in faults]
     return result
 
