@@ -17,12 +17,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from daemon.infra.clock import Clock
 from daemon.infra.logs import get_logger
 from daemon.infra.waiting import woken_or
-from daemon.store import Pool, Record
+from daemon.store import DATABASE_ERRORS, Pool, Record
 from daemon.store import recipients as store
 from daemon.store.recipients import EXCLUSION_ORDER, OutcomeRow
 
@@ -30,7 +28,7 @@ log = get_logger(__name__)
 
 RETRY_FIRST = 0.1
 RETRY_MAX = 5.0
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+DB_ERRORS = DATABASE_ERRORS  # (see daemon.store)
 
 
 def raise_if_cancelling(exc: BaseException) -> None:

@@ -15,7 +15,7 @@ import asyncpg
 
 from daemon.infra.clock import Clock
 from daemon.infra.logs import get_logger
-from daemon.store import Pool
+from daemon.store import DATABASE_ERRORS, Pool
 
 log = get_logger(__name__)
 
@@ -45,7 +45,7 @@ class Listener:
         while True:
             try:
                 await self._session()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():  # a stop, not a lost link
                     raise asyncio.CancelledError from exc

@@ -32,11 +32,17 @@ async def test_an_engine_that_dies_makes_the_daemon_exit_1(
         "server": {"host": "127.0.0.1", "port": 0},
     })
     daemon = Daemon(config, stage_factories=default_stages())
+    # The daemon ignores the signals once it exits (SIG_IGN, inherited by every process the
+    # later tests start, which could then not be stopped): restored for them.
+    saved = {signum: signal.getsignal(signum)
+             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(60):
             code = await daemon.run()
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for signum, handler in saved.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, handler)
     assert code == 1
     assert daemon.context is not None and daemon.context.lifecycle.failed == "engine"

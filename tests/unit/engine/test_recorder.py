@@ -29,14 +29,15 @@ def _outcome(position: int) -> OutcomeRow:
 
 
 class FakeWrites:
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, error: Exception | None = None) -> None:
         self.batches: list[list[int]] = []
         self.failures = failures
+        self.error = error or asyncpg.exceptions.ConnectionDoesNotExistError("gone")
 
     async def __call__(self, _pool: Any, batch: list[OutcomeRow]) -> Flushed:
         if self.failures:
             self.failures -= 1
-            raise asyncpg.exceptions.ConnectionDoesNotExistError("gone")
+            raise self.error
         self.batches.append([o.position for o in batch])
         return Flushed(batch, [("run", "sent", None) for _ in batch])
 
@@ -80,10 +81,17 @@ async def test_a_partial_batch_waits_for_the_checkpoint_interval(writes: FakeWri
     await task
 
 
+@pytest.mark.parametrize("error", [
+    asyncpg.exceptions.ConnectionDoesNotExistError("gone"),
+    # What a connection left mid-operation by a PostgreSQL restart raised in the soak (it
+    # killed the engine: the error is asyncpg's, but not an InterfaceError).
+    asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"),
+])
 async def test_a_failed_write_is_retried_and_nothing_is_dropped(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, error: Exception,
 ) -> None:
-    fake = FakeWrites(failures=3)
+    fake = FakeWrites(failures=3, error=error)
     monkeypatch.setattr(report, "write_batch", fake)
     recorder = Recorder(None, FakeClock(NOW), interval=0.5, batch_size=2,  # type: ignore[arg-type]
                         on_flushed=lambda _: None, campaign_id="c")
