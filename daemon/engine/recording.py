@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from daemon.infra.clock import Clock
 from daemon.infra.logs import get_logger
 from daemon.infra.waiting import woken_or
-from daemon.store import DATABASE_ERRORS, Pool, Record
+from daemon.store import DATABASE_ERRORS, Pool, Record, after_error
 from daemon.store import recipients as store
 from daemon.store.recipients import EXCLUSION_ORDER, OutcomeRow
 
@@ -37,6 +37,7 @@ def raise_if_cancelling(exc: BaseException) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from exc
+    after_error(exc)  # (every retry loop comes here first: a broken connection is replaced)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from daemon.errors import DatabaseError
 from daemon.infra.config import Config, redact_url
 from daemon.infra.embedded import EmbeddedPostgres
 from daemon.infra.logs import get_logger
-from daemon.store import Pool
+from daemon.store import Pool, register
 
 __all__ = ["Pool", "create_pool", "open_database"]
 
@@ -55,6 +55,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Poo
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseError(f"cannot connect to {redact_url(dsn)}: {exc}") from None
+    register(pool)  # a connection broken mid-operation makes it replace its connections
     return pool
 
 

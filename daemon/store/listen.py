@@ -15,7 +15,7 @@ import asyncpg
 
 from daemon.infra.clock import Clock
 from daemon.infra.logs import get_logger
-from daemon.store import DATABASE_ERRORS, Pool
+from daemon.store import DATABASE_ERRORS, Pool, after_error
 
 log = get_logger(__name__)
 
@@ -46,6 +46,7 @@ class Listener:
             try:
                 await self._session()
             except DATABASE_ERRORS as exc:
+                after_error(exc)
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():  # a stop, not a lost link
                     raise asyncio.CancelledError from exc

@@ -107,3 +107,24 @@ def test_session_advisory_locks_only_in_the_migrator() -> None:
     found = [str(path.relative_to(ROOT)) for path in sources
              if session_lock.search(path.read_text())]
     assert found == ["daemon/infra/migrate.py"]
+
+
+async def test_a_connection_left_mid_operation_makes_the_pool_replace_its_connections(
+    database_url: str,
+) -> None:
+    # The soak's engine death: after a PostgreSQL restart one pooled connection answered
+    # every statement with InternalClientError, and the pool kept handing it out.
+    import asyncpg
+
+    from daemon.store import after_error
+
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        before = await pool.fetchval("SELECT pg_backend_pid()")
+        assert await pool.fetchval("SELECT pg_backend_pid()") == before  # kept: one connection
+        after_error(asyncpg.exceptions.ConnectionDoesNotExistError("gone"))
+        assert await pool.fetchval("SELECT pg_backend_pid()") == before  # closed ones go anyway
+        after_error(asyncpg.InternalClientError("another operation (2) is in progress"))
+        assert await pool.fetchval("SELECT pg_backend_pid()") != before  # replaced
+    finally:
+        await pool.close()
