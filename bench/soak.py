@@ -17,14 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +31,7 @@ from bench.api import BenchError
 from bench.harness import DaemonProcess, Harness
 from bench.runner import Options, main
 from bench.stats import max_in_window
+from tests.acceptance.faults.cluster import PrivateCluster
 
 SAMPLE_EVERY = 10.0
 FAULTS = ["sigterm", "sigkill", "sigstop", "stall", "postgres"]
@@ -75,49 +71,6 @@ async def task_count(session: aiohttp.ClientSession, daemon: DaemonProcess) -> f
     return float(found.group(1)) if found else None
 
 
-class PrivateCluster:
-    """A PostgreSQL cluster of the soak's own (initdb/pg_ctl of the machine's binaries, as
-    the `postgres` user when run as root; own port and socket dir), so it may restart it."""
-
-    def __init__(self) -> None:
-        binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-        if not binaries:
-            raise BenchError("no /usr/lib/postgresql/*/bin: cannot make a private cluster")
-        self.bin = binaries[-1]
-        self.folder = Path(tempfile.mkdtemp(prefix="campaignd-soak-pg-"))
-        self.data = self.folder / "data"
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *command: str) -> None:
-        full = [str(self.bin / command[0]), *command[1:]]
-        if os.geteuid() == 0:
-            full = ["runuser", "-u", "postgres", "--", *full]
-        done = subprocess.run(full, capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise BenchError(f"{command[0]} failed: {done.stderr[-500:]}")
-
-    def start(self) -> None:
-        if os.geteuid() == 0:
-            shutil.chown(self.folder, "postgres")
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust")
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "start", "-w", "-D", str(self.data), "-o", options,
-                  "-l", str(self.folder / "log"))
-
-    def restart(self) -> None:
-        # The log file keeps the new postmaster off our pipe (else `run` waits for its EOF).
-        self._run("pg_ctl", "restart", "-w", "-m", "fast", "-D", str(self.data),
-                  "-l", str(self.folder / "log"))
-
-    def stop(self) -> None:
-        with contextlib.suppress(BenchError):
-            self._run("pg_ctl", "stop", "-w", "-m", "immediate", "-D", str(self.data))
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
 async def inject(fault: str, harness: Harness, daemon: DaemonProcess,
                  cluster: PrivateCluster | None) -> str:
     """Apply one fault; what was done."""
@@ -142,7 +95,7 @@ async def inject(fault: str, harness: Harness, daemon: DaemonProcess,
         return "gateway stalled 10 s"
     if cluster is None:
         return "PostgreSQL restart skipped (the server is not the soak's own)"
-    await asyncio.to_thread(cluster.restart)
+    await cluster.restart("fast")
     return "PostgreSQL restarted (fast)"
 
 
@@ -163,8 +116,8 @@ async def bench(options: Options) -> dict[str, Any]:
     count = int(rate * minutes * 60)
     cluster = None
     if options.database_url is None:
-        cluster = PrivateCluster()
-        await asyncio.to_thread(cluster.start)
+        cluster = PrivateCluster(prefix="campaignd-soak-pg-")
+        await cluster.start()
     try:
         rotation = [name for name in args.faults.split(",") if name]
         unknown = sorted(set(rotation) - set(FAULTS))
@@ -173,7 +126,7 @@ async def bench(options: Options) -> dict[str, Any]:
         return await _soak(options, cluster, minutes, every, rate, count, rotation)
     finally:
         if cluster is not None:
-            await asyncio.to_thread(cluster.stop)
+            await cluster.destroy()
 
 
 async def _soak(options: Options, cluster: PrivateCluster | None, minutes: float,

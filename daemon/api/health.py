@@ -53,6 +53,7 @@ async def metrics(request: web.Request) -> web.Response:
         by_status = {}
     for status, count in by_status.items():
         ctx.metrics.campaigns.labels(status.value).set(count)
+    ctx.metrics.event_loop_tasks.set(len(asyncio.all_tasks()))
     body = generate_latest(ctx.metrics.registry)
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST

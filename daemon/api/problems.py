@@ -6,6 +6,7 @@ import json
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
+import asyncpg
 from aiohttp import web
 
 from daemon.errors import FieldError, Problem
@@ -81,6 +82,27 @@ def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
     return render(problem(exc.status, detail=detail))
 
 
+# What PostgreSQL (or asyncpg) raises when the server is gone, shutting down or starting up.
+_DATABASE_LOST = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                  asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+
+
+def database_lost(exc: BaseException) -> bool:
+    """Whether `exc` means the database is unreachable (not a bug of ours): a lost or refused
+    connection, a server shutting down or starting up, a pooled connection found closed."""
+    if isinstance(exc, _DATABASE_LOST):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "closed" in str(exc) or "closing" in str(exc)
+    if isinstance(exc, OSError):  # refused, reset: only when asyncpg was connecting or talking
+        frame = exc.__traceback__
+        while frame is not None:
+            if "/asyncpg/" in frame.tb_frame.f_code.co_filename:
+                return True
+            frame = frame.tb_next
+    return False
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into problem+json; an unexpected exception is logged and is a 500."""
@@ -90,6 +112,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return render(exc)
     except web.HTTPException as exc:
         return _from_http_exception(exc)
-    except Exception:
+    except Exception as exc:
+        if database_lost(exc):
+            log.warning("request.database_unavailable", method=request.method,
+                        path=request.path, error=str(exc) or type(exc).__name__)
+            return render(problem(503, "database_unavailable",
+                                  "the database is not reachable; retry shortly"),
+                          {"Retry-After": "1"})
         log.exception("request.failed", method=request.method, path=request.path)
         return render(problem(500, detail="an unexpected error occurred; see the daemon log"))

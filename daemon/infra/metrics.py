@@ -99,3 +99,9 @@ class Metrics:
             "Lifecycle notifications not delivered yet (pending in the outbox, every daemon's).",
             registry=self.registry,
         )
+        self.event_loop_tasks = Gauge(
+            "campaignd_event_loop_tasks",
+            "asyncio tasks alive on the daemon's event loop (counted at each scrape): flat "
+            "between runs, or something leaks.",
+            registry=self.registry,
+        )

@@ -1,8 +1,8 @@
 """The downstream system, in its own process: `python -m tests.acceptance.faults.gateway`
 prints its port, records each POST's arrival (CLOCK_MONOTONIC, comparable across
-processes) and Idempotency-Key, serves them at GET /arrivals, and on POST /stall?seconds=S
-holds every answer until S seconds from then (a provider that stalls, then answers all at
-once)."""
+processes) and Idempotency-Key, serves them at GET /arrivals (their number at GET /count),
+and on POST /_stall?seconds=S (or /stall, as the bench gateway's) holds every answer until S
+seconds from then (a provider that stalls, then answers all at once)."""
 
 from __future__ import annotations
 
@@ -34,10 +34,15 @@ async def main() -> None:
     async def listing(_: web.Request) -> web.Response:
         return web.json_response(arrivals)
 
+    async def count(_: web.Request) -> web.Response:
+        return web.json_response(len(arrivals))
+
     app = web.Application()
     app.router.add_post("/send", send)
     app.router.add_post("/stall", stall)
+    app.router.add_post("/_stall", stall)
     app.router.add_get("/arrivals", listing)
+    app.router.add_get("/count", count)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
