@@ -11,6 +11,7 @@ from aiohttp import web
 
 from daemon.errors import FieldError, Problem
 from daemon.infra.logs import get_logger
+from daemon.store import after_error
 
 log = get_logger(__name__)
 
@@ -83,8 +84,10 @@ def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
 
 
 # What PostgreSQL (or asyncpg) raises when the server is gone, shutting down or starting up.
+# InternalClientError: a pooled connection that a lost server left mid-operation.
 _DATABASE_LOST = (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                  asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+                  asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+                  asyncpg.InternalClientError)
 
 
 def database_lost(exc: BaseException) -> bool:
@@ -114,6 +117,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return _from_http_exception(exc)
     except Exception as exc:
         if database_lost(exc):
+            after_error(exc)  # a broken pooled connection: the pool replaces them
             log.warning("request.database_unavailable", method=request.method,
                         path=request.path, error=str(exc) or type(exc).__name__)
             return render(problem(503, "database_unavailable",

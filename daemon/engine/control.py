@@ -190,10 +190,13 @@ class Control:
                       deadline=run.row.deadline)
 
     def _control_timeout(self) -> float:
-        """Until the next deadline or progress line of a run (at most CONTROL_TICK)."""
+        """Until the next deadline or progress line of a run, or until an idle worker ends
+        (at most CONTROL_TICK)."""
         now = self.clock.now()
         mono = self.clock.monotonic()
         timeout = CONTROL_TICK
+        if self._idle_since is not None:  # idle: it ends IDLE_EXIT after, not at a tick
+            timeout = min(timeout, self._idle_since + IDLE_EXIT - mono)
         for run in self.state.runs.values():
             if run.state is RunState.ACTIVE:
                 timeout = min(timeout, run.progress_at + PROGRESS_EVERY - mono)

@@ -95,3 +95,19 @@ async def test_a_holder_whose_lease_is_taken_stops_sending(
     row = await pool.fetchrow("SELECT status, sent FROM runs WHERE id = $1", run_id)
     assert row is not None and row["status"] == "running"  # the new holder's to finish
     assert row["sent"] == len(gateway.arrivals)  # what was sent is recorded
+
+
+async def test_an_idle_worker_ends_after_idle_exit_not_at_the_next_tick(
+    pool: Pool, gateway: Gateway, start_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the fault suite: a finished campaign's worker (7 tasks) stayed up to the next
+    # control tick (15 s), the idle exit being checked only when the loop woke.
+    monkeypatch.setattr(execution, "CONTROL_TICK", 3600.0)
+    await make_campaign(pool, "c1", rate=50)
+    await add_profiles(pool, 5, audience="a1")
+    handle = await start_engine(engine_config(gateway))
+    run_id = await trigger(pool, "c1", audience="a1")
+    await wait_run_status(pool, run_id, timeout=10)
+    async with asyncio.timeout(30):  # IDLE_EXIT is 2 s; the tick, an hour
+        while "c1" in handle.engine._workers:
+            await asyncio.sleep(0.05)
