@@ -7,7 +7,9 @@ seconds from then (a provider that stalls, then answers all at once)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
 import sys
 import time
 
@@ -16,6 +18,10 @@ from aiohttp import web
 
 async def main() -> None:
     gc.set_threshold(100_000, 20, 20)
+    # Stamps as prompt as the box allows (nice -15 when permitted, as bench.gateway): what is
+    # measured is the sender, not this process waiting for a core behind the daemon's.
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, -15)
     arrivals: list[tuple[float, str]] = []
     stalled_until = 0.0
 

@@ -12,12 +12,14 @@ separate test per case (`test_rate_holds_at_the_gateway`), since the pacer is be
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -228,6 +230,9 @@ async def _measure(name: str, factory: DaemonFactory, cluster: PrivateCluster,
         await FAULTS[name](daemon, cluster, gateway, run_id)
         report = await _finished(daemon, run_id, timeout=90)
     arrivals = await gateway.arrivals()
+    if os.environ.get("FAULTS_DUMP"):  # arrivals and the fault time, to study a case
+        await asyncio.to_thread(Path(os.environ["FAULTS_DUMP"], f"{name}.json").write_text,
+                                json.dumps({"fault_at": fault_at, "arrivals": arrivals}))
     keys = probes.keys_of(arrivals)
     times = [t for t, _ in arrivals]
     case.reached = len(keys)
@@ -254,12 +259,11 @@ def _database(url: str) -> str:
     return url.rsplit("/", 1)[1]
 
 
-ENGINE_CRASH = ("after a database outage the daemon may exit (engine.failed: asyncpg "
-                "InternalClientError 'cannot switch to state 12; another operation (2) is in "
-                "progress' in the recorder's write), or send some twice (108 after 20 s "
-                "stopped); docs/faults.md")
-LOSS_CASES = [pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=ENGINE_CRASH))
-              if name.startswith("postgres_") else name for name in FAULTS]
+OUTAGE_DUPLICATES = ("a 20 s outage outlives the 5 s lease: the worker stops with outcomes "
+                     "unwritten and their recipients are sent again by the next holder "
+                     "(itself): 86-108 measured, within the kill -9 bound; docs/faults.md")
+LOSS_CASES = [pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=OUTAGE_DUPLICATES))
+              if name == "postgres_stopped_20s" else name for name in FAULTS]
 
 
 @pytest.mark.parametrize("fault", LOSS_CASES)
@@ -277,12 +281,6 @@ async def test_fault_loses_nobody_and_leaks_no_connection(
     assert case.connections[1] <= POOL_SIZE, case.line()
 
 
-LINGERING = ("a completed campaign's worker (worker, feeder, recorder, starter, control, "
-             "activator, stop: 7 tasks) stays after its run ends, beyond IDLE_EXIT "
-             "(daemon/engine/runs.py; docs/faults.md)")
-
-
-@pytest.mark.xfail(strict=False, reason=LINGERING)
 @pytest.mark.parametrize("fault", LOSS_CASES)
 async def test_fault_leaves_no_task(
     fault: str, daemon_factory: DaemonFactory, cluster: PrivateCluster,
@@ -293,10 +291,10 @@ async def test_fault_leaves_no_task(
     assert case.tasks[1] <= case.tasks[0], case.line()
 
 
-PACER = ("the pacer does not yet keep the last second across this fault (issue 18, item 1; "
-         "another change fixes it)")
-# Every fault measured above rate + 1 at least once (docs/faults.md).
-RATE_CASES = [pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=PACER))
+JITTER = ("500-501 at the gateway in most runs since the pacer counts calls from when their "
+          "request went out; 502 at a run's start and once 515 after kill -9 (not reproduced) "
+          "were measured: docs/faults.md")
+RATE_CASES = [pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=JITTER))
               for name in FAULTS]
 
 
