@@ -297,3 +297,22 @@ def test_a_call_reported_after_leaving_the_kept_second_lifts_them_all() -> None:
 
     late, thirteenth = run_virtual(scenario())
     assert thirteenth >= late + 1.0
+
+
+def test_a_pool_share_counts_a_call_from_when_its_request_went_out() -> None:
+    from daemon.engine.pool_shares import PoolGate
+    from daemon.infra.clock import SystemClock
+
+    async def scenario() -> tuple[float, float]:
+        clock = SystemClock()
+        gate = PoolGate("landing", clock)
+        gate.grant(5, valid_until=clock.monotonic() + 3600)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        reports = [await gate.slot() for _ in range(5)]
+        reports[0](start + 0.4)  # the first call's request left 0.4 s after its slot
+        await gate.slot()
+        return start, loop.time()
+
+    start, sixth = run_virtual(scenario())
+    assert sixth >= start + 0.4 + 1.0
