@@ -259,11 +259,7 @@ def _database(url: str) -> str:
     return url.rsplit("/", 1)[1]
 
 
-OUTAGE_DUPLICATES = ("a 20 s outage outlives the 5 s lease: the worker stops with outcomes "
-                     "unwritten and their recipients are sent again by the next holder "
-                     "(itself): 86-108 measured, within the kill -9 bound; docs/faults.md")
-LOSS_CASES = [pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=OUTAGE_DUPLICATES))
-              if name == "postgres_stopped_20s" else name for name in FAULTS]
+LOSS_CASES = list(FAULTS)
 
 
 @pytest.mark.parametrize("fault", LOSS_CASES)
