@@ -68,12 +68,25 @@ class Listener:
                 self._on_connect()
                 while not lost.is_set():
                     await self._clock.sleep(HEALTH_CHECK_EVERY)
-                    await connection.execute("SELECT 1")  # raises when the link is gone
+                    if lost.is_set():
+                        break
+                    try:
+                        await connection.execute("SELECT 1")  # raises when the link is gone
+                    except asyncpg.InterfaceError as exc:
+                        # Closed by the server's end, the connection was already handed
+                        # back to the pool (its proxy refuses every call): that is the news.
+                        if "released back to the pool" not in str(exc):
+                            raise
+                        break
+                raise ConnectionResetError("the server closed the listening connection")
             finally:
                 with contextlib.suppress(asyncpg.InterfaceError):
                     connection.remove_termination_listener(terminated)
-                if not connection.is_closed():
-                    with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError,
-                                             OSError):
+                # A connection the server's end closed was already handed back to the pool:
+                # its proxy then raises InterfaceError on any call, is_closed() included
+                # (logged as the reason of the reconnection before; nothing is left to undo).
+                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError,
+                                         OSError):
+                    if not connection.is_closed():
                         for channel in self._handlers:
                             await connection.remove_listener(channel, self._dispatch)
