@@ -18,6 +18,7 @@ earlier outside figure's method). Against the bare client paced at 2,000/s
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import sys
@@ -203,6 +204,8 @@ async def _measure(options: Options, cluster: PrivateCluster,
                    statements_wanted: bool) -> dict[str, Any]:
     smoke = options.smoke
     count = RECIPIENTS[smoke]
+    if options.args is not None and options.args.recipients:
+        count = options.args.recipients
     async with Harness("dbcost", smoke=smoke, database_url=cluster.url) as harness:
         assert harness.database is not None and harness.database.postmaster_pid is not None
         postmaster = harness.database.postmaster_pid
@@ -295,5 +298,11 @@ async def _measure(options: Options, cluster: PrivateCluster,
     return result
 
 
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipients", type=int, default=None,
+                        help=f"the campaign's size (default {RECIPIENTS[False]:,}, smoke "
+                             f"{RECIPIENTS[True]:,})")
+
+
 if __name__ == "__main__":
-    main("dbcost", bench, __doc__.splitlines()[0])
+    main("dbcost", bench, __doc__.splitlines()[0], add_options)
