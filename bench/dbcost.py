@@ -173,7 +173,7 @@ async def bench(options: Options) -> dict[str, Any]:
         print("bench dbcost: --database-url ignored: it measures a cluster of its own",
               file=sys.stderr)
     try:
-        cluster = PrivateCluster()
+        cluster = PrivateCluster(fsync=bool(options.args and options.args.fsync))
     except BenchError as exc:
         raise ApiMissing(str(exc)) from None  # no PostgreSQL binaries: skipped in smoke
     await asyncio.to_thread(cluster.start)
@@ -257,7 +257,8 @@ async def _measure(options: Options, cluster: PrivateCluster,
     baseline_ms = baseline_result["cpu_s_per_1000"]
     live_ms = live_only_seconds(processes_before, processes_after) * ms
     result: dict[str, Any] = {
-        **harness.describe(), "server": "private cluster (fsync off)",
+        **harness.describe(), "server": "private cluster (fsync "
+        + ("on" if options.args and options.args.fsync else "off") + ")",
         "rate": RATE, "recipients": count, "messages": messages,
         "finished": report["finished"], "duplicates": duplicates,
         "rate_ratio": profile["ratio"], "max_1s_window": profile["max_1s_window"],
@@ -302,6 +303,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipients", type=int, default=None,
                         help=f"the campaign's size (default {RECIPIENTS[False]:,}, smoke "
                              f"{RECIPIENTS[True]:,})")
+    parser.add_argument("--fsync", action="store_true",
+                        help="the private cluster with fsync on (default off, as bench.soak)")
 
 
 if __name__ == "__main__":

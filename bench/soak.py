@@ -77,7 +77,8 @@ class PrivateCluster:
     """A PostgreSQL cluster of the soak's own (initdb/pg_ctl of the machine's binaries, as
     the `postgres` user when run as root; own port and socket dir), so it may restart it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync
         binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
         if not binaries:
             raise BenchError("no /usr/lib/postgresql/*/bin: cannot make a private cluster")
@@ -101,7 +102,9 @@ class PrivateCluster:
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres")
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust")
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        if not self.fsync:
+            options += " -c fsync=off"
         self._run("pg_ctl", "start", "-w", "-D", str(self.data), "-o", options,
                   "-l", str(self.folder / "log"))
 
