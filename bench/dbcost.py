@@ -136,17 +136,19 @@ def wal_per_message(before: dict[str, Any], after: dict[str, Any],
             for key in ("wal_bytes", "wal_records", "wal_fpi")}
 
 
-def top_statements(statements: list[dict[str, Any]], messages: int) -> list[dict[str, Any]]:
+def top_statements(statements: list[dict[str, Any]],
+                   messages: int) -> dict[str, dict[str, Any]]:
+    """The top statements by execution time, keyed by their text (so that `--repeat`
+    takes the medians statement by statement)."""
     total = sum(s["total_exec_time"] for s in statements) or 1.0
-    return [{
-        "query": " ".join(s["query"].split())[:160],
+    return {" ".join(s["query"].split())[:160]: {
         "calls": s["calls"],
         "exec_ms_per_message": round(s["total_exec_time"] / messages, 4),
         "share": round(s["total_exec_time"] / total, 3),
         "rows_per_call": round(s["rows"] / s["calls"], 1) if s["calls"] else None,
         "wal_bytes_per_message": round(s["wal_bytes"] / messages, 1),
         "blocks_hit_per_message": round(s["shared_blks_hit"] / messages, 2),
-    } for s in statements[:TOP_STATEMENTS]]
+    } for s in statements[:TOP_STATEMENTS]}
 
 
 async def settle_autovacuum(admin_url: str, quiet: float, patience: float) -> dict[str, Any]:
@@ -294,7 +296,7 @@ async def _measure(options: Options, cluster: PrivateCluster,
         f"WAL per msg: {result['wal_per_message']}",
     ] + [f"{name}: {rows}" for name, rows in result["rows_per_message"].items()] + [
         f"{s['exec_ms_per_message']} ms/msg ({s['share']:.0%}) {s['calls']} calls: "
-        f"{s['query'][:90]}" for s in result["statements"][:5]
+        f"{query[:90]}" for query, s in list(result["statements"].items())[:5]
     ]
     return result
 
