@@ -23,7 +23,7 @@ from typing import Any
 from bench.runner import EXIT_MISSING, background_busy_cores, code_version, machine
 
 BENCHES = ["rate", "throughput", "concurrent", "ingest", "start", "size", "recovery",
-           "receipts", "pools"]
+           "receipts", "pools", "dbcost"]
 FULL_BUDGET_S = 600
 
 

@@ -56,7 +56,11 @@ def _free_port() -> int:
 class PrivateCluster:
     """One cluster: `url` names its `postgres` database (trust auth, 127.0.0.1:`port`)."""
 
-    def __init__(self, prefix: str = "campaignd-pg-") -> None:
+    # Fast, not durable: a test's cluster dies with the test.
+    FAST = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+
+    def __init__(self, prefix: str = "campaignd-pg-", settings: str = FAST) -> None:
+        self.settings = settings  # server options given to pg_ctl start
         self.bin = _binaries()
         self.folder = Path(tempfile.mkdtemp(prefix=prefix))
         self.data = self.folder / "data"
@@ -92,7 +96,7 @@ class PrivateCluster:
             await self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
                             "--no-sync", "-E", "UTF8", "--locale", "C")
         options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+                   f"{self.settings}")
         await self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data),
                         "-o", options, "-l", str(self.log))
         self.running = True
