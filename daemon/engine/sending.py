@@ -35,9 +35,12 @@ from daemon.templates import RenderError
 Sent = Callable[[float], None]  # a limit's report of the moment a call's request went out
 
 
-def _each(*reports: Sent | None) -> Sent | None:
-    """One report for the limits a call went through (most calls: one, kept as it is)."""
-    given = [report for report in reports if report is not None]
+def _each(campaign: Sent | None, pool: Sent | None, provider: Sent | None) -> Sent | None:
+    """One report for the limits a call went through (most calls: the campaign's alone,
+    returned as it is, with no list made per call)."""
+    if pool is None and provider is None:
+        return campaign
+    given = [report for report in (campaign, pool, provider) if report is not None]
     if len(given) <= 1:
         return given[0] if given else None
 

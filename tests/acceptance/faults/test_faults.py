@@ -259,10 +259,7 @@ def _database(url: str) -> str:
     return url.rsplit("/", 1)[1]
 
 
-LOSS_CASES = list(FAULTS)
-
-
-@pytest.mark.parametrize("fault", LOSS_CASES)
+@pytest.mark.parametrize("fault", list(FAULTS))
 async def test_fault_loses_nobody_and_leaks_no_connection(
     fault: str, daemon_factory: DaemonFactory, cluster: PrivateCluster,
     gateway: GatewayProcess, database_url: str
@@ -277,7 +274,7 @@ async def test_fault_loses_nobody_and_leaks_no_connection(
     assert case.connections[1] <= POOL_SIZE, case.line()
 
 
-@pytest.mark.parametrize("fault", LOSS_CASES)
+@pytest.mark.parametrize("fault", list(FAULTS))
 async def test_fault_leaves_no_task(
     fault: str, daemon_factory: DaemonFactory, cluster: PrivateCluster,
     gateway: GatewayProcess, database_url: str
