@@ -41,6 +41,7 @@ aiolimiter's): tests control it by controlling the loop.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 from collections import deque
 from collections.abc import Callable
@@ -213,6 +214,23 @@ class Pacer:
         while index < size and recent[index] < at:
             recent[index] = at
             index += 1
+
+    def excess(self, limit: int) -> tuple[int, float]:
+        """Of the calls in the last window, how many are beyond `limit`, and for how long
+        from now some still are (until the (limit+1)-th newest leaves the window): what
+        this pacer may still be spending above a lower rate of `limit` per window, since
+        after lowering its guard makes no call while the window holds `limit` or more
+        (a pool's share given up frees only as fast as its last calls age: see
+        `store/pools.py`). Call it before `set_rate` lowers the rate."""
+        recent = self._recent
+        if len(recent) <= limit:
+            return 0, 0.0
+        now = asyncio.get_running_loop().time()
+        start = now - self._guard_window
+        count = len(recent) - bisect.bisect_right(recent, start)
+        if count <= limit:
+            return 0, 0.0
+        return count - limit, recent[len(recent) - limit - 1] + self._guard_window - now
 
     def idle_for(self) -> float:
         """Seconds since the last call."""

@@ -34,6 +34,10 @@ from daemon.store import Pool
 from daemon.store import pools as pool_store
 
 CONVERGE_EVERY = pool_store.RELEASE_SECONDS + 0.05  # while below the fair target
+# Added to how long a share given up is still being spent (`Pacer.excess`): a call's
+# request may leave a little after its slot (a new connection: 7–15 ms) and arrive later
+# than another daemon's (arrival jitter).
+TIGHTEN_MARGIN = 0.05
 
 
 class PoolGate:
@@ -48,20 +52,27 @@ class PoolGate:
         self._pacer: Pacer | None = None
         self._granted = asyncio.Event()
 
-    def grant(self, granted: float, valid_until: float) -> None:
+    def grant(self, granted: float, valid_until: float) -> tuple[int, float] | None:
+        """Spend at most `granted` calls/s from now until `valid_until` (monotonic). When
+        this lowers the share: what the last second's calls still spend above it, and for
+        how long (`Pacer.excess`), which is all the others must wait for."""
+        lowered = None
+        if self._pacer is not None and granted < self.granted:
+            lowered = self._pacer.excess(math.floor(max(0.0, granted)))
         self.valid_until = valid_until
         self.granted = granted
         if granted <= 0:
             self._granted.clear()
-            return
+            return lowered
         if self._pacer is None:
             self._pacer = Pacer(granted, whole_seconds=True)
         else:
             self._pacer.set_rate(granted)
         self._granted.set()
+        return lowered
 
-    def revoke(self) -> None:
-        self.grant(0.0, float("-inf"))
+    def revoke(self) -> tuple[int, float] | None:
+        return self.grant(0.0, float("-inf"))
 
     def valid(self) -> bool:
         """Whether a call of the pool may start now (the last check before it)."""
@@ -93,6 +104,9 @@ class PoolShares:
         self._demands: dict[str, dict[str, float]] = {}  # pool -> campaign -> demand
         self._published: dict[str, float] = {}
         self._leaving: set[str] = set()
+        # pool -> (calls/s still spent above the share, until when: monotonic), to write
+        self._tighten: dict[str, tuple[float, float]] = {}
+        self._free_in: float | None = None
         self._wake = asyncio.Event()
         self._converging = False
         # Told when a pool's share here changed (the engine pokes its campaigns' workers,
@@ -122,8 +136,13 @@ class PoolShares:
             del self._demands[pool]
             self._published.pop(pool, None)
             self._leaving.add(pool)
-            self.gate(pool).revoke()
+            self._lowered(pool, self.gate(pool).revoke())
         self._wake.set()
+
+    def _lowered(self, pool: str, excess: tuple[int, float] | None) -> None:
+        if excess is not None:
+            amount, seconds = excess
+            self._tighten[pool] = (float(amount), self.clock.monotonic() + seconds)
 
     def share_of(self, pool: str, campaign_id: str) -> float | None:
         """The campaign's part of this daemon's share of the pool (calls/s), None while no
@@ -142,7 +161,10 @@ class PoolShares:
 
     async def run(self) -> None:
         while True:
-            interval = CONVERGE_EVERY if self._converging else self.ttl / 4
+            interval = self.ttl / 4
+            if self._converging:  # look again when the capacity given up is free
+                free_in = self._free_in
+                interval = min(interval, CONVERGE_EVERY if free_in is None else free_in + 0.02)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
@@ -151,6 +173,7 @@ class PoolShares:
 
     async def renew(self) -> None:
         converging = False
+        free_in: float | None = None
         for pool, members in list(self._demands.items()):
             demand = sum(members.values())
             changed = self._published.get(pool) != demand
@@ -168,17 +191,20 @@ class PoolShares:
                 continue
             before = gate.granted
             gate.pool_rate = answer.rate
-            gate.grant(answer.granted, since + self.ttl - self.margin)
+            self._lowered(pool, gate.grant(answer.granted, since + self.ttl - self.margin))
             self._published[pool] = demand
             if answer.granted + 1e-6 < answer.target:
                 converging = True
+                if answer.free_in is not None:
+                    free_in = (answer.free_in if free_in is None
+                               else min(free_in, answer.free_in))
             if not math.isclose(before, answer.granted, rel_tol=0.01, abs_tol=0.01):
                 if self.on_change is not None:
                     self.on_change(pool)
                 self.log.info("pool.share_changed", pool=pool, granted=round(answer.granted, 3),
                               demand=demand, target=round(answer.target, 3),
                               pool_rate=answer.rate)
-        self._converging = converging
+        self._converging, self._free_in = converging, free_in
         if self._leaving:
             leaving, self._leaving = sorted(self._leaving), set()
             try:
@@ -186,6 +212,22 @@ class PoolShares:
             except DB_ERRORS as exc:
                 raise_if_cancelling(exc)
                 self._leaving.update(leaving)  # next time; meanwhile the rows expire
+        await self._write_tightened()
+
+    async def _write_tightened(self) -> None:
+        """Shorten the releases just written to what this daemon's last calls still spend
+        above its new shares (the others may take it as soon as those calls are a second
+        old, rather than after `RELEASE_SECONDS`). A failure leaves the longer one."""
+        tighten, self._tighten = self._tighten, {}
+        for pool, (amount, until) in tighten.items():
+            if pool in self._leaving:  # its release is not written yet
+                self._tighten[pool] = (amount, until)
+                continue
+            seconds = until - self.clock.monotonic() + TIGHTEN_MARGIN
+            try:
+                await pool_store.tighten(self.db, pool, self.holder, amount, seconds)
+            except DB_ERRORS as exc:
+                raise_if_cancelling(exc)
 
     async def close(self) -> None:
         """At the daemon's stop: every share given back (released for a second)."""

@@ -9,7 +9,10 @@ pool's NOTIFY), under the pool row's lock (holders take turns):
   against the others until `released_until` (one second and a margin from now), since the
   holder's calls of the last second are still in the pool's sliding windows; the holder
   applies the lower rate locally as soon as the statement returns (well within that
-  second);
+  second), then `tighten`s the release to what its last calls really still spend: its
+  pacer knows how many of them are beyond the new share and when the last of those is a
+  second old (`Pacer.excess`), which for a holder paced evenly from 667 to 500/s is a
+  quarter of a second, not 1.25 s;
 - an increase takes only what is free: `pool rate − Σ others' granted − Σ released (still
   active, ours included)`; the holder raises its local rate only after the statement
   returned.
@@ -198,7 +201,11 @@ written AS (
     RETURNING granted
 )
 SELECT (SELECT granted FROM written) AS granted, (SELECT rate FROM pool) AS rate,
-       (SELECT coalesce(target, 0) FROM plan) AS target
+       (SELECT coalesce(target, 0) FROM plan) AS target,
+       (SELECT extract(epoch FROM min(released_until) - clock_timestamp())::float8
+        FROM rate_pool_shares
+        WHERE pool = $1 AND released_until > clock_timestamp()
+          AND expires_at > clock_timestamp()) AS free_in
 """
 
 
@@ -209,6 +216,7 @@ class Granted:
     granted: float
     rate: float
     target: float  # demand × min(1, rate / Σ demand): granted once the others gave it up
+    free_in: float | None = None  # seconds until the first release still reserved ends
 
 
 async def share(db: Pool, pool: str, holder: str, demand: float, ttl: float,
@@ -233,7 +241,30 @@ async def share(db: Pool, pool: str, holder: str, demand: float, ttl: float,
         if notify:
             await conn.execute("SELECT pg_notify($1, $2)", POOLS_CHANNEL, pool)
     assert row is not None
-    return Granted(float(row["granted"]), float(row["rate"]), float(row["target"]))
+    return Granted(float(row["granted"]), float(row["rate"]), float(row["target"]),
+                   row["free_in"])
+
+
+async def tighten(db: Executor, pool: str, holder: str, amount: float, seconds: float) -> None:
+    """Shorten `holder`'s release on `pool` to what its last calls still spend: at most
+    `amount` calls/s above its granted share, for at most `seconds` from now (the holder's
+    pacer knows: `Pacer.excess`, read as it lowered its rate). Only ever narrows the
+    reservation (the smaller amount, the earlier end), and tells the other holders, who
+    may take the capacity sooner than `RELEASE_SECONDS`."""
+    await db.execute(
+        f"""
+        WITH tightened AS (
+            UPDATE rate_pool_shares
+            SET released = least(released, $3::float8),
+                released_until = least(released_until,
+                                       clock_timestamp() + make_interval(secs => $4::float8))
+            WHERE pool = $1 AND holder = $2 AND released_until > clock_timestamp()
+            RETURNING pool
+        )
+        SELECT pg_notify('{POOLS_CHANNEL}', pool) FROM tightened
+        """,
+        pool, holder, max(0.0, amount), max(0.0, seconds),
+    )
 
 
 async def leave(db: Executor, holder: str, pools: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import random
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from daemon.store import Pool, pools
@@ -24,8 +25,9 @@ async def spent_bound(pool: Pool, name: str) -> float:
                if s.expires_in > 0)
 
 
-async def take(pool: Pool, holder: str, demand: float, *, ttl: float = TTL) -> float:
-    result = await pools.share(pool, "lp", holder, demand, ttl, release_seconds=SHORT)
+async def take(pool: Pool, holder: str, demand: float, *, ttl: float = TTL,
+               release: float = SHORT) -> float:
+    result = await pools.share(pool, "lp", holder, demand, ttl, release_seconds=release)
     assert result is not None
     return result.granted
 
@@ -52,6 +54,41 @@ async def test_a_newcomer_waits_for_the_holders_decrease_and_its_second(
     await asyncio.sleep(SHORT + 0.1)
     assert await take(pool, "b", 1000) == 500
     assert await spent_bound(pool, lp) == 1000
+
+
+async def test_a_release_tightened_to_the_holders_excess_frees_sooner(
+        pool: Pool, lp: str, database_url: str) -> None:
+    assert await take(pool, "a", 1000, release=30.0) == 1000
+    assert await take(pool, "b", 1000, release=30.0) == 0
+    assert await take(pool, "a", 1000, release=30.0) == 500  # 500 released for 30 s
+    notified: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(database_url)
+    try:
+        await listener.add_listener(pools.POOLS_CHANNEL,
+                                    lambda *args: notified.put_nowait(args[3]))
+        # a's last calls spend 200/s above its new share for 0.2 s more (Pacer.excess)
+        await pools.tighten(pool, lp, "a", 200, 0.2)
+        assert await asyncio.wait_for(notified.get(), 5) == lp  # the others look again
+    finally:
+        await listener.close()
+    assert {s.holder: s.released for s in await pools.shares(pool, lp)}["a"] == 200
+    answer = await pools.share(pool, lp, "b", 1000, TTL)
+    assert answer is not None
+    assert answer.granted == 300  # what is no longer reserved is free at once
+    assert answer.free_in is not None and 0 < answer.free_in <= 0.2
+    assert await spent_bound(pool, lp) == 1000
+    await asyncio.sleep(0.3)
+    assert await take(pool, "b", 1000) == 500
+
+
+async def test_tightening_never_widens_a_release(pool: Pool, lp: str) -> None:
+    await take(pool, "a", 1000)
+    await take(pool, "b", 1000)
+    assert await take(pool, "a", 1000) == 500  # 500 released for SHORT
+    await pools.tighten(pool, lp, "a", 900, 30.0)
+    assert {s.holder: s.released for s in await pools.shares(pool, lp)}["a"] == 500
+    await asyncio.sleep(SHORT + 0.1)
+    assert await take(pool, "b", 1000) == 500  # the release ended when it was to
 
 
 async def test_shares_follow_demand(pool: Pool, lp: str) -> None:

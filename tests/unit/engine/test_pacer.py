@@ -316,3 +316,39 @@ def test_a_pool_share_counts_a_call_from_when_its_request_went_out() -> None:
 
     start, sixth = run_virtual(scenario())
     assert sixth >= start + 0.4 + 1.0
+
+
+def test_what_a_lowered_share_still_spends_is_its_excess_until_it_ages_out() -> None:
+    """`excess` read as a pool share is lowered (600 → 400/s): until `seconds` from then the
+    windows hold at most 400 + `amount` calls, and 400 after; since the last second's calls
+    were evenly paced, that is about a third of a second, not the 1.25 s a release used to
+    be reserved for."""
+    state: dict[str, float] = {}
+
+    async def scenario() -> list[float]:
+        pacer = Pacer(600, whole_seconds=True)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        times: list[float] = []
+
+        async def consumer() -> None:
+            while loop.time() - start < 6.0:
+                await pacer.acquire()
+                now = loop.time() - start
+                times.append(now)
+                if now >= 3.0 and "at" not in state:
+                    amount, seconds = pacer.excess(400)
+                    state.update(at=now, amount=amount, seconds=seconds)
+                    pacer.set_rate(400)
+
+        await asyncio.gather(*(consumer() for _ in range(20)))
+        return times
+
+    times = sorted(run_virtual(scenario(), late_by=0.001))
+    at, amount, seconds = state["at"], state["amount"], state["seconds"]
+    assert 180 <= amount <= 200
+    assert 0.3 <= seconds <= 0.36
+    for end in (t for t in times if t > at):
+        held = sum(1 for t in times if end - 1.0 < t <= end)
+        assert held <= (400 + amount if end < at + seconds else 400)
+    assert Pacer(10).excess(5) == (0, 0.0)  # no calls yet: nothing spent
