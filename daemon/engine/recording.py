@@ -125,6 +125,7 @@ class Recorder:
         self._idle.set()
         self._written = asyncio.Event()  # set after each write
         self._stopping = False
+        self._writing = 0  # the buffer's first rows, being written
         self._log = log.bind(campaign_id=campaign_id)
 
     @property
@@ -136,7 +137,7 @@ class Recorder:
         self._buffer.append(outcome)
         if len(self._buffer) == 1:
             self._wake.set()  # start the checkpoint timer
-        if len(self._buffer) >= self._batch_size:
+        if len(self._buffer) - self._writing >= self._batch_size:
             self._urgent.set()
 
     async def room(self, limit: int) -> None:
@@ -181,9 +182,20 @@ class Recorder:
             self._wake.clear()
             while self._buffer:
                 batch = self._buffer[: self._batch_size]
-                await self._write(batch)
+                self._writing = len(batch)
+                try:
+                    await self._write(batch)
+                finally:
+                    self._writing = 0
                 del self._buffer[: len(batch)]
                 self._written.set()
+                # What came during the write waits for its own full batch or interval (or
+                # a flush, a stop), not written at once in a small statement: at 2,000/s
+                # that was ~22 rows and a commit every ~11 ms, now a full batch (100 ms of
+                # the rate) per statement. The crash bound is unchanged (`room`).
+                if len(self._buffer) < self._batch_size and not (
+                        self._stopping or self._urgent.is_set()):
+                    break
 
     async def _wait_urgent(self, seconds: float) -> None:
         await woken_or(self._urgent, self._clock.sleep(seconds), "recorder")

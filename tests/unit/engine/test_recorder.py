@@ -81,6 +81,45 @@ async def test_a_partial_batch_waits_for_the_checkpoint_interval(writes: FakeWri
     await task
 
 
+async def test_what_comes_during_a_write_waits_for_a_full_batch_or_the_interval(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a small statement at once after each write (at 2,000/s that was ~22 rows and a
+    commit every ~11 ms): what came meanwhile is written with its own full batch, or at
+    the interval."""
+    clock = FakeClock(NOW)
+    release = asyncio.Event()
+    calls: list[tuple[list[int], float]] = []
+
+    async def slow_write(_pool: Any, batch: list[OutcomeRow]) -> Flushed:
+        calls.append(([o.position for o in batch], clock.monotonic()))
+        if len(calls) == 1:
+            await release.wait()
+        return Flushed(batch, [("run", "sent", None) for _ in batch])
+
+    monkeypatch.setattr(report, "write_batch", slow_write)
+    recorder = Recorder(None, clock, interval=1.0, batch_size=3,  # type: ignore[arg-type]
+                        on_flushed=lambda _: None, campaign_id="c")
+    task = asyncio.create_task(recorder.run())
+    for n in range(3):
+        recorder.add(_outcome(n))
+    await settle()
+    for n in range(3, 5):  # arrive while the first batch is being written
+        recorder.add(_outcome(n))
+    written_at = clock.monotonic()
+    release.set()
+    await settle()
+    assert [batch for batch, _ in calls] == [[0, 1, 2], [3, 4]]
+    assert calls[1][1] >= written_at + 1.0  # after the interval, not at once
+    for n in range(5, 11):  # two full batches: written at once, back to back
+        recorder.add(_outcome(n))
+    before = clock.monotonic()
+    await settle()
+    assert [batch for batch, _ in calls[2:]] == [[5, 6, 7], [8, 9, 10]]
+    assert all(at == before for _, at in calls[2:])
+    recorder.stop()
+    await task
+
+
 @pytest.mark.parametrize("error", [
     asyncpg.exceptions.ConnectionDoesNotExistError("gone"),
     # What a connection left mid-operation by a PostgreSQL restart raised in the soak (it
