@@ -174,14 +174,15 @@ class RunStarting:
     async def _start(self, rows: list[RunRow]) -> None:
         now = self.clock.now()
         pool, time_cap = self.state.services.pool, self.state.services.time_cap
+        rate = self.state.steering.start_rate()  # a pooled campaign: its share here
         if rows[0].audience_id is not None:
             one = await engine_store.start_run(pool, rows[0], self.state.campaign, now=now,
                                                time_cap=time_cap,
-                                               size=self._sizes.get(rows[0].id, 0))
+                                               size=self._sizes.get(rows[0].id, 0), rate=rate)
             started = [one] if one is not None else []  # else cancelled meanwhile
         else:
             started = await engine_store.start_inline_runs(pool, rows, self.state.campaign, now=now,
-                                                           time_cap=time_cap)
+                                                           time_cap=time_cap, rate=rate)
         for run in started:
             self._started(run)
 

@@ -149,6 +149,15 @@ class Steering:
         return done
 
 
+    def start_rate(self) -> int | None:
+        """The rate a run starting now is planned at when not its own: a pooled campaign's
+        share here, when this daemon holds one (SPEC §9.3; else it is planned at its own
+        rate and re-planned once the share comes)."""
+        if self.rate is None:
+            return None
+        rate, pooled = self._plan_rate()
+        return rate if pooled else None
+
     def _plan_rate(self) -> tuple[int, bool]:
         """The rate runs are planned at: the campaign's, or for a pooled campaign its share
         of the pool when that is lower (whole calls/s, at least 1); and whether pooled."""

@@ -296,21 +296,23 @@ class StartedRun:
 
 async def start_run(
     db: Pool, run: RunRow, campaign: Campaign, *, now: datetime, time_cap: float,
-    size: int = 0, first_chunk: int | None = freeze.FIRST_CHUNK,
+    size: int = 0, first_chunk: int | None = freeze.FIRST_CHUNK, rate: int | None = None,
 ) -> StartedRun | None:
     """Start a scheduled run (its recipients frozen, its plan and counts set) in one
     statement; a stored audience (`size` members, as counted ahead) only with its first
     chunk when the run is throttled (`first_chunk_of`). None if it is no longer scheduled
-    (cancelled meanwhile)."""
+    (cancelled meanwhile). `rate`: plan it at this rate rather than its own (a pooled
+    campaign's share here, SPEC §9.3), written as its rate."""
     if run.audience_id is None:
-        started = await start_inline_runs(db, [run], campaign, now=now, time_cap=time_cap)
+        started = await start_inline_runs(db, [run], campaign, now=now, time_cap=time_cap,
+                                          rate=rate)
         return started[0] if started else None
-    plan = _plan(run, campaign, now=now, time_cap=time_cap)
+    plan = _plan(run, campaign, now=now, time_cap=time_cap, rate=rate)
     chunked = await freeze.start(
         db, run.id, campaign.channel, audience_id=run.audience_id, size=size,
         started_at=plan.started_at, deadline=plan.deadline,
         deadline_reason=plan.deadline_reason, capacity=plan.capacity, now=now,
-        returning=_RUN_COLUMNS, first_chunk=first_chunk_of(run, first_chunk))
+        returning=_RUN_COLUMNS, first_chunk=first_chunk_of(run, first_chunk), rate=rate)
     if chunked is None:
         return None
     row, counts, freezing = chunked
@@ -330,22 +332,27 @@ def same_plan(run: RunRow) -> tuple[datetime, int | None]:
 
 
 async def start_inline_runs(
-    db: Executor, runs: list[RunRow], campaign: Campaign, *, now: datetime, time_cap: float
+    db: Executor, runs: list[RunRow], campaign: Campaign, *, now: datetime, time_cap: float,
+    rate: int | None = None,
 ) -> list[StartedRun]:
     """Start scheduled runs of inline recipients with the same plan (`same_plan`) in one
-    statement; those no longer scheduled (cancelled meanwhile) are left out."""
-    plan = _plan(runs[0], campaign, now=now, time_cap=time_cap)
+    statement; those no longer scheduled (cancelled meanwhile) are left out. `rate` as
+    for `start_run`."""
+    plan = _plan(runs[0], campaign, now=now, time_cap=time_cap, rate=rate)
     started = await snapshot.start_inline(
         db, [run.id for run in runs], campaign.channel, started_at=plan.started_at,
         deadline=plan.deadline, deadline_reason=plan.deadline_reason,
-        capacity=plan.capacity, now=now, returning=_RUN_COLUMNS,
+        capacity=plan.capacity, now=now, returning=_RUN_COLUMNS, rate=rate,
     )
     return [StartedRun(_run_row(row), plan, counts, False) for row, counts in started]
 
 
-def _plan(run: RunRow, campaign: Campaign, *, now: datetime, time_cap: float) -> planner.Plan:
+def _plan(run: RunRow, campaign: Campaign, *, now: datetime, time_cap: float,
+          rate: int | None = None) -> planner.Plan:
     return planner.plan_run(scheduled_for=run.scheduled_for, now=now,
-                            rate=run.rate_per_second, time_cap=time_cap, end_at=campaign.end_at,
+                            rate=run.rate_per_second if rate is None or run.rate_per_second
+                            is None else rate,
+                            time_cap=time_cap, end_at=campaign.end_at,
                             windows=windows.from_stored(campaign.windows))
 
 

@@ -118,6 +118,7 @@ kept AS (
 started AS (
     UPDATE runs r
     SET status = 'running', started_at = $9, deadline = $10, deadline_reason = $7,
+        rate_per_second = coalesce($12::int, r.rate_per_second),
         targeted = c.targeted + f.remaining - u.n, pending = c.pending + f.remaining - u.n,
         {move}
     FROM counted c, frz f, used u
@@ -192,12 +193,13 @@ async def start(
     pool: Pool, run_id: str, channel: Channel, *, audience_id: str, size: int,
     started_at: datetime, deadline: datetime | None,
     deadline_reason: ExclusionReason | None, capacity: int | None, now: datetime,
-    returning: str, first_chunk: int | None = FIRST_CHUNK,
+    returning: str, first_chunk: int | None = FIRST_CHUNK, rate: int | None = None,
 ) -> tuple[Record, SnapshotCounts, bool] | None:
     """Start a scheduled run over a stored audience with its first chunk (atomic, like
     `snapshot.start`): the run's `returning` columns, its counts (the members still to
     freeze counted as pending; `size`: the audience's size as counted ahead), and whether
-    chunks remain. None if the run is no longer scheduled."""
+    chunks remain. None if the run is no longer scheduled. `rate`: the rate it is planned
+    at, when not its own (a pooled campaign's share)."""
     columns = ", ".join(f"r.{c.strip()}" for c in returning.split(","))
     sql = _statement(channel, _START_FRZ, _START, capacity="$6", cap_reason="$7", base="0",
                      eligible_base="0", rest="NULL::text", rest_status="'pending'",
@@ -205,7 +207,7 @@ async def start(
     reason = deadline_reason.value if deadline_reason else None
     row = await _in_chunk_transaction(
         pool, sql, run_id, audience_id, _BEFORE_ALL, first_chunk, now, capacity, reason,
-        max(size, 0), started_at, deadline, channel.value)
+        max(size, 0), started_at, deadline, channel.value, rate)
     if row is None:
         return None
     return row, counts_from(row), bool(row["freezing"])

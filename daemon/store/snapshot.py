@@ -168,6 +168,7 @@ counted AS ({counts}),
 started AS (
     UPDATE runs r
     SET status = 'running', started_at = $5, deadline = $6, deadline_reason = $3,
+        rate_per_second = coalesce($7::int, r.rate_per_second),
         targeted = c.targeted, pending = c.pending,
         excluded_duplicate = c.excluded_duplicate, excluded_opted_out = c.excluded_opted_out,
         excluded_no_address = c.excluded_no_address, excluded_time_cap = c.excluded_time_cap,
@@ -191,11 +192,13 @@ async def start_inline(
     capacity: int | None,
     now: datetime,
     returning: str,
+    rate: int | None = None,
 ) -> list[tuple[Any, SnapshotCounts]]:
     """Start scheduled runs of inline recipients that share one plan, in one statement
     (atomic; `status = 'scheduled'` is checked under a row lock): their recipients frozen
     and counted, their plan and counts set. Each started run's `returning` columns (`id`
-    among them) and counts; the runs no longer scheduled are left out."""
+    among them) and counts; the runs no longer scheduled are left out. `rate`: the rate
+    they are planned at, when not their own (a pooled campaign's share)."""
     resolved = _resolved(False, _INLINE_STORED_ROWS, "")
     counts = _COUNTS.format(n="i.run_id", r="i.reason", extra=", run.id AS run_id",
                             relation="run LEFT JOIN inserted i ON i.run_id = run.id "
@@ -204,7 +207,7 @@ async def start_inline(
            + _START.format(counts=counts,
                            returning=", ".join(f"r.{c.strip()}" for c in returning.split(","))))
     reason = deadline_reason.value if deadline_reason else None
-    rows = await db.fetch(sql, run_ids, capacity, reason, now, started_at, deadline)
+    rows = await db.fetch(sql, run_ids, capacity, reason, now, started_at, deadline, rate)
     return [(row, counts_from(row)) for row in rows]
 
 

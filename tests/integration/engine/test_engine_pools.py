@@ -8,6 +8,8 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
+from structlog.testing import capture_logs
+
 from daemon.store import Pool
 from daemon.store import pools as pool_store
 from tests.integration.engine.conftest import (
@@ -134,3 +136,27 @@ async def test_a_providers_rate_is_a_pool_across_daemons(
     assert granted >= 15
     assert max_in_window(ours, 1.0) <= 40 - granted + 1
     await pool_store.leave(pool, "other-daemon")
+
+
+async def test_a_pooled_run_starts_planned_at_the_campaigns_share(
+    pool: Pool, gateway: Gateway, start_engine: EngineFactory
+) -> None:
+    """SPEC §9.3: a run of a pooled campaign that starts while this daemon holds a share is
+    planned (and paced, and reported) at that share, not at its own rate then re-planned."""
+    await pool_store.put(pool, "lp", 20, datetime.now(UTC))
+    await _pooled(pool, "c1", "lp", 50)
+    await add_profiles(pool, 400, audience="a1")
+    await start_engine(engine_config(gateway))
+    first = await trigger(pool, "c1", audience="a1")
+    async with asyncio.timeout(15):  # the first run's share is granted
+        while (await run_row(pool, first))["rate_per_second"] != 20:
+            await asyncio.sleep(0.05)
+    with capture_logs() as logs:
+        second = await trigger(pool, "c1", audience="a1")
+        async with asyncio.timeout(15):
+            while (await run_row(pool, second))["status"] != "running":
+                await asyncio.sleep(0.05)
+    [started] = [e for e in logs if e["event"] == "run.started" and e["run_id"] == second]
+    assert started["rate_per_second"] == 20
+    assert not [e for e in logs if e["event"] == "run.replanned" and e["run_id"] == second]
+    assert (await run_row(pool, second))["rate_per_second"] == 20
