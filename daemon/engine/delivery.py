@@ -1,7 +1,7 @@
 """One recipient's delivery: its message (rendered), and what a provider's answer means.
 
-Pure of I/O except for the template rendering: the campaign worker (`fanout.py`)
-calls these around the provider call.
+Pure of I/O except for the template rendering: the campaign worker's senders (`sending.py`)
+call these around the provider call.
 """
 
 from __future__ import annotations
