@@ -51,11 +51,17 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 # estimated at ~750,000 (a LIMIT of unknown size), over `jit_above_cost` and the inline and
 # optimize thresholds: every claim then spent ~300 ms compiling (auto_explain: "JIT ...
 # Optimization 240 ms, Emission 116 ms") and a 1,000/s run fell to 280/s (docs/bench.md).
-SERVER_SETTINGS = {"jit": "off"}
+# Every commit durable, whatever the server's default: the engine's guarantees stand on a
+# commit that was acknowledged (a claim before its call, an outcome before the recorder
+# forgets it). With `synchronous_commit = off`, a crash of the server forgets the last
+# acknowledged commits: an outcome write lost that way left its recipients pending and
+# claimed by a live holder, and the run never finished (docs/configuration.md).
+SERVER_SETTINGS = {"jit": "off", "synchronous_commit": "on"}
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
-    """A pool whose connections decode json/jsonb to Python objects, with JIT off."""
+    """A pool whose connections decode json/jsonb to Python objects, with JIT off and every
+    commit durable."""
     try:
         pool: Pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init_connection,

@@ -56,7 +56,9 @@ def _free_port() -> int:
 class PrivateCluster:
     """One cluster: `url` names its `postgres` database (trust auth, 127.0.0.1:`port`)."""
 
-    # Fast, not durable: a test's cluster dies with the test.
+    # Fast, not durable: a test's cluster dies with the test. `synchronous_commit=off` is
+    # also the server an operator may run: the daemon sets it on for its own sessions
+    # (daemon/infra/database.py), and the immediate restart shows that it must.
     FAST = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 
     def __init__(self, prefix: str = "campaignd-pg-", settings: str = FAST) -> None:

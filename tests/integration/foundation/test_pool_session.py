@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from pathlib import Path
+
+import asyncpg
 
 from daemon.infra import migrate
 from daemon.infra.clock import SystemClock
@@ -144,3 +147,31 @@ async def test_no_statement_of_the_daemon_is_jit_compiled(database_url: str) -> 
         assert "JIT" not in plan[0]
     finally:
         await pool.close()
+
+
+async def test_every_commit_of_the_daemon_is_durable_on_a_server_set_to_commit_async(
+        database_url: str) -> None:
+    """`synchronous_commit` is on for the daemon's sessions even where the server's or the
+    database's default is off. A crash of such a server forgets commits it acknowledged:
+    an outcome write the recorder had dropped from its buffer, leaving its recipients
+    pending and claimed by a live holder, the run never finishing (the fault suite's
+    immediate restart, on a cluster set to `synchronous_commit=off`, hung that way)."""
+    name = f"async_commit_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        url = database_url.rsplit("/", 1)[0] + f"/{name}"
+        plain = await asyncpg.connect(url)
+        try:
+            assert await plain.fetchval("SHOW synchronous_commit") == "off"  # the default
+        finally:
+            await plain.close()
+        pool = await create_pool(url, min_size=2, max_size=2)
+        try:
+            assert await _each_connection(pool, "SHOW synchronous_commit") == ["on", "on"]
+        finally:
+            await pool.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
