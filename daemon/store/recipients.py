@@ -36,7 +36,8 @@ _CLAIM = """,
 claimed AS (
     INSERT INTO run_claims (run_id, position, holder, claimed_at)
     SELECT run_id, position, $2, $6 FROM picked
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (run_id, position) DO UPDATE SET claimed_at = excluded.claimed_at
+        WHERE run_claims.holder = excluded.holder
     RETURNING run_id, position
 )
 SELECT r.run_id, r.position, r.profile_id, r.email, r.phone, r.push_tokens, r.attributes,
@@ -51,7 +52,10 @@ _PICKED_COLUMNS = ("c.run_id, c.position, c.profile_id, c.email, c.phone, c.push
 
 # Per run: the next `n` fresh (never tried) recipients after position `after`, in order.
 # Past the cursor nothing is claimed (the caller's own claims are behind it, a dead
-# holder's were recovered); a claim there anyway is skipped by the insert's conflict.
+# holder's were recovered); another holder's claim there anyway is skipped by the insert's
+# conflict. The caller's own claim there is one whose commit landed but whose answer was
+# lost (the server died between the two): nobody here knows those recipients, so they are
+# claimed again, not skipped (skipped, they stayed pending and the run never finished).
 _CLAIM_FRESH = f"""
 WITH picked AS (
     SELECT x.* FROM unnest($3::text[], $4::bigint[], $5::int[]) AS w(run_id, after, n)
