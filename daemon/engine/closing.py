@@ -50,9 +50,22 @@ class RunClosing:
                 self.begin_close(run)
             elif next_retry is not None:
                 run.next_retry_at = next_retry
-            else:  # pending rows we did not see (released by someone): scan again
+            else:  # pending rows we did not see (released by someone, or ours): scan again
+                await self._release_orphans(run)
                 run.fresh_exhausted = False
                 run.cursor = -1
+                run.next_retry_at = now  # retries due among them too
+
+    async def _release_orphans(self, run: RunExecution) -> None:
+        """Nothing of `run` is held here (no queue, nothing unrecorded), yet rows are pending
+        and none is visibly due: any claim of ours on it is one whose answer was lost (the
+        server died between its commit and its reply). Released, those recipients are
+        claimed again; kept, they stayed pending and the run never finished."""
+        state = self.state
+        released = await recipient_store.release_orphans(
+            state.services.pool, state.campaign.id, state.services.holder, run.id)
+        if released:
+            state.log.warning("claims.orphans_released", run_id=run.id, count=released)
 
     def begin_close(self, run: RunExecution, *, exclude_as: ExclusionReason | None = None,
                     fail_reason: str | None = None) -> None:

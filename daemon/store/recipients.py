@@ -89,6 +89,10 @@ WHERE k.run_id = u.run_id AND k.position = u.position AND k.holder = $2 AND {fen
 
 _RECOVER = "DELETE FROM run_claims WHERE run_id = ANY($1::text[])"
 
+_ORPHANS = """
+DELETE FROM run_claims k WHERE k.run_id = $3 AND k.holder = $2 AND {fence}
+"""
+
 # One statement for a batch of outcomes: only rows still pending change (a late or repeated
 # outcome is a no-op), their claims go, and each run's counts move by what actually
 # changed (the applied transitions are returned too, for the metrics).
@@ -204,6 +208,13 @@ async def release(db: Executor, campaign_id: str, holder: str,
     if claims:
         await db.execute(_RELEASE.format(fence=_FENCE), campaign_id, holder,
                          [c[0] for c in claims], [c[1] for c in claims])
+
+
+async def release_orphans(db: Executor, campaign_id: str, holder: str, run_id: str) -> int:
+    """Drop our own claims on `run_id`, for a caller that holds none of them in memory: claims
+    whose commit landed but whose answer was lost. Returns how many (claimable again)."""
+    status: str = await db.execute(_ORPHANS.format(fence=_FENCE), campaign_id, holder, run_id)
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def recover(db: Executor, run_ids: Sequence[str]) -> int:
