@@ -19,6 +19,7 @@ class PoolDemand:
     def __init__(self, state: WorkerState, pool_gate: PoolGate | None) -> None:
         self.state = state
         self.pool_gate = pool_gate
+        self._asking = False  # a run is about to start: its demand stands meanwhile
 
     def publish(self) -> None:
         """A pooled campaign's demand on this daemon (SPEC §9.3): its own rate (or the
@@ -31,8 +32,8 @@ class PoolDemand:
         provider = self.provider_pool()
         if pool is None and provider is None:
             return
-        sending = not state.steering.paused and any(
-            run.state is RunState.ACTIVE for run in state.runs.values())
+        sending = self._asking or (not state.steering.paused and any(
+            run.state is RunState.ACTIVE for run in state.runs.values()))
         rate = float(state.campaign.rate_per_second or MAX_POOL_DEMAND)
         if pool is not None:
             shares.set_demand(pool, state.campaign.id, rate if sending else 0.0)
@@ -49,8 +50,12 @@ class PoolDemand:
         if shares is None or pool is None or state.campaign.rate_per_second is None:
             return
         if shares.share_of(pool, state.campaign.id) is None:
-            await shares.ask(pool, state.campaign.id, float(state.campaign.rate_per_second),
-                             ASK_WITHIN)
+            self._asking = True  # (a publish meanwhile, no run active yet, must not drop it)
+            try:
+                await shares.ask(pool, state.campaign.id,
+                                 float(state.campaign.rate_per_second), ASK_WITHIN)
+            finally:
+                self._asking = False
 
     def provider_pool(self) -> tuple[str, float] | None:
         """The provider's rate pool this campaign's calls go through, and its rate."""
