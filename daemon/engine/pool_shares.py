@@ -108,6 +108,9 @@ class PoolShares:
         self._tighten: dict[str, tuple[float, float]] = {}
         self._free_in: float | None = None
         self._wake = asyncio.Event()
+        self._renewed = asyncio.Event()  # set after each round of share statements
+        self._rounds = 0  # rounds begun; `_answered`: rounds ended
+        self._answered = 0
         self._converging = False
         # Told when a pool's share here changed (the engine pokes its campaigns' workers,
         # which re-plan their runs for it).
@@ -154,6 +157,18 @@ class PoolShares:
             return None
         return gate.granted * members[campaign_id] / demand
 
+    async def ask(self, pool: str, campaign_id: str, demand: float, within: float) -> None:
+        """Publish `demand` now and wait, at most `within` seconds, for a round of share
+        statements begun after it (a run about to start is then planned at its share)."""
+        self.set_demand(pool, campaign_id, demand)
+        wanted = self._rounds + 1
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while self._answered < wanted:
+                    self._renewed.clear()
+                    await self._renewed.wait()
+
     def notified(self, pool: str) -> None:
         """A pool's NOTIFY (its rate changed, another daemon's demand changed)."""
         if pool in self._demands:
@@ -169,7 +184,12 @@ class PoolShares:
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
             self._wake.clear()
-            await self.renew()
+            self._rounds += 1
+            try:
+                await self.renew()
+            finally:
+                self._answered = self._rounds
+                self._renewed.set()
 
     async def renew(self) -> None:
         converging = False

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from daemon.engine.closing import RunClosing
@@ -65,11 +65,13 @@ class RunStarting:
     starts (and those control adopts) to `runs`, and activates them (changes `starting`)."""
 
     def __init__(self, state: WorkerState, closing: RunClosing, mark_ready: MarkReady,
-                 publish_demand: Callable[[], None]) -> None:
+                 publish_demand: Callable[[], None],
+                 ask_share: Callable[[], Awaitable[None]]) -> None:
         self.state = state
         self.closing = closing
         self.mark_ready = mark_ready
         self.publish_demand = publish_demand
+        self.ask_share = ask_share  # a pooled campaign's first share, before a start
         self.log = state.log
         self.clock = state.clock
         self.to_freeze: set[str] = set()  # runs whose further chunks are to freeze
@@ -172,6 +174,7 @@ class RunStarting:
         self._freeze_at[row.id] = row.scheduled_for - timedelta(seconds=lead)
 
     async def _start(self, rows: list[RunRow]) -> None:
+        await self.ask_share()  # (before `now`: it may wait for the database)
         now = self.clock.now()
         pool, time_cap = self.state.services.pool, self.state.services.time_cap
         rate = self.state.steering.start_rate()  # a pooled campaign: its share here

@@ -151,8 +151,9 @@ class Steering:
 
     def start_rate(self) -> int | None:
         """The rate a run starting now is planned at when not its own: a pooled campaign's
-        share here, when this daemon holds one (SPEC §9.3; else it is planned at its own
-        rate and re-planned once the share comes)."""
+        share here, when this daemon holds one (SPEC §9.3; the start asks for one first,
+        `PoolDemand.ask_share`; without it the run is planned at its own rate and
+        re-planned once the share comes)."""
         if self.rate is None:
             return None
         rate, pooled = self._plan_rate()

@@ -80,7 +80,7 @@ class CampaignWorker:
         self.closing = RunClosing(state, self.recorder, self.senders.mark_ready)
         self.demand = PoolDemand(state, pool_gate)
         self.starting = RunStarting(state, self.closing, self.senders.mark_ready,
-                                    self.demand.publish)
+                                    self.demand.publish, self.demand.ask_share)
         self.feeding = Feeding(state, self.senders.mark_ready, self.closing.check_finished)
         self.calls = ProviderCalls(state, self.recorder, self.senders, self.closing, pacer,
                                    window_gate, pool_gate)

@@ -160,3 +160,22 @@ async def test_a_pooled_run_starts_planned_at_the_campaigns_share(
     assert started["rate_per_second"] == 20
     assert not [e for e in logs if e["event"] == "run.replanned" and e["run_id"] == second]
     assert (await run_row(pool, second))["rate_per_second"] == 20
+
+
+async def test_the_first_pooled_run_on_a_daemon_starts_planned_at_its_share(
+    pool: Pool, gateway: Gateway, start_engine: EngineFactory
+) -> None:
+    """SPEC §9.3: the daemon holds no share of the pool yet when the campaign's first run
+    starts; it asks for one first, and the run is planned at it in its start statement."""
+    await pool_store.put(pool, "lp", 20, datetime.now(UTC))
+    await _pooled(pool, "c1", "lp", 50)
+    await add_profiles(pool, 400, audience="a1")
+    await start_engine(engine_config(gateway))
+    with capture_logs() as logs:
+        first = await trigger(pool, "c1", audience="a1")
+        async with asyncio.timeout(15):
+            while (await run_row(pool, first))["status"] != "running":
+                await asyncio.sleep(0.05)
+    [started] = [e for e in logs if e["event"] == "run.started" and e["run_id"] == first]
+    assert started["rate_per_second"] == 20
+    assert not [e for e in logs if e["event"] == "run.replanned" and e["run_id"] == first]
