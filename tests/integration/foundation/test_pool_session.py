@@ -15,6 +15,7 @@ from daemon.infra.clock import SystemClock
 from daemon.infra.database import create_pool
 from daemon.store import Pool
 from daemon.store.listen import Listener
+from tests.conftest import with_database
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -161,7 +162,7 @@ async def test_every_commit_of_the_daemon_is_durable_on_a_server_set_to_commit_a
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
-        url = database_url.rsplit("/", 1)[0] + f"/{name}"
+        url = with_database(database_url, name)  # keeps ?host=/socket (the embedded server)
         plain = await asyncpg.connect(url)
         try:
             assert await plain.fetchval("SHOW synchronous_commit") == "off"  # the default
