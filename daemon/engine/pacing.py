@@ -19,19 +19,26 @@ A `Pacer` hands out call slots at `rate` per second, evenly spaced (in grains of
 - a sliding-window guard: the slot that would make more than `floor(rate)` calls within
   1.0025 × `floor(rate)/rate` seconds (a second, for a whole rate) waits, so no window of
   one second ever holds more calls than the rate, whatever the timers did;
-- the guard counts a call from when its request went out, when the provider says so
-  (`sent()`: HTTP providers report the moment their request's headers are written), not
-  only from its slot: a call whose connection took 15 ms to open (a start, a restart,
-  after an outage: every connection is new) arrives 15 ms after its slot, and a window
-  opening at that arrival would hold the rate's worth of slots plus 15 ms more. The
-  times kept are running maxima (a call's time is at least every earlier call's), so the
-  oldest kept time bounds every call before it, however the requests were reordered;
+- the guard counts a call until its answer (`sent()`, told by the sender when the call
+  ends, and earlier by HTTP providers when their request has its connection), not only
+  from its slot: wherever the receiver stamps a call's arrival, it is between the
+  request and the answer, so a call that counts until its answer can never be stamped
+  in a window the guard did not count it in. Then no 1 s window holds more than the
+  rate's calls *where they arrive*, whatever the network or the receiver's own loop did
+  between (a connection 15 ms to open, a receiver late 10 ms to its handler: both
+  measured, both used to put a few calls over the rate at the gateway). The price is
+  the answer's latency: the guard binds once a call takes longer than ~2.5 ms (the two
+  margins below), and the achieved rate is then about rate / (1 + latency in s): 0.995
+  at a local gateway, ~0.95 for a provider 50 ms away. (A call in flight for over a
+  second leaves the window by its request's time: such a call has arrived long before.)
+  The times kept are running maxima (a call's time is at least every earlier call's),
+  so the oldest kept time bounds every call before it, however the requests were
+  reordered;
 - margins: the pace is 0.5 % under the rate (5 ms of slack per second of calls) and the
-  guard's window 0.25 % over a second, so the calls also fit the rate where they arrive
-  after a few ms of jitter between the request and the arrival (the network, the
-  receiver's loop), and the guard only binds on a catch-up (were it as tight as the
-  pace, each late timer would push every later call back). The achieved rate is about
-  0.995 × the configured rate: within the 1 % the contract allows, on the safe side.
+  guard's window 0.25 % over a second, so the guard only binds on a catch-up or when
+  answers take more than a few ms (were it as tight as the pace, each late timer would
+  push every later call back). The achieved rate is about 0.995 × the configured rate
+  at a near receiver: within the 1 % the contract allows, on the safe side.
 
 Slots are granted first come, first served (the `Turn` lock is FIFO), which makes a
 campaign's pacer fair between its runs. Time is the event loop's (`loop.time()`, like
@@ -202,10 +209,10 @@ class Pacer:
         return self.granted
 
     def sent(self, number: int, at: float) -> None:
-        """Call `number`'s request went out at `at` (loop time), later than its slot: from
-        then on it counts from `at`, and so does every call after it that is kept (the
-        times stay running maxima: the guard's oldest kept time bounds all calls before
-        it). A call already out of the kept second lifts them all."""
+        """Call `number` was still out at `at` (loop time: its request went out then, or
+        its answer came): from then on it counts from `at`, and so does every call after it
+        that is kept (the times stay running maxima: the guard's oldest kept time bounds
+        all calls before it). A call already out of the kept second lifts them all."""
         recent = self._recent
         size = len(recent)
         if not size:

@@ -32,7 +32,7 @@ from daemon.providers.base import REQUEST_SENT, Message, Provider, SendResult
 from daemon.store.recipients import Claimed
 from daemon.templates import RenderError
 
-Sent = Callable[[float], None]  # a limit's report of the moment a call's request went out
+Sent = Callable[[float], None]  # a limit's report: the call was still out then (sent, answered)
 
 
 def _each(campaign: Sent | None, pool: Sent | None, provider: Sent | None) -> Sent | None:
@@ -245,6 +245,8 @@ class ProviderCalls:
             finally:
                 gate.semaphore.release()
                 self.state.calling.discard(task)
+                if call.sent is not None:  # the limits count the call until its answer
+                    call.sent(asyncio.get_running_loop().time())
             self._metric("latency", provider.name).observe(self.clock.monotonic() - began)
             run.calls += 1
             self._outcome(run, call.recipient, provider.name, gate, result, error)

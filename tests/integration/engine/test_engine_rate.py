@@ -44,6 +44,10 @@ class RemoteGateway:
         self.url = f"http://127.0.0.1:{port}/send"
         self._base = f"http://127.0.0.1:{port}"
 
+    def held_url(self, count: int, seconds: float) -> str:
+        """Where the first `count` calls are stamped `seconds` late, then answered."""
+        return f"{self._base}/held/{count}/{seconds}"
+
     async def arrivals(self) -> list[tuple[float, str]]:
         async with aiohttp.ClientSession() as session, \
                 session.get(self._base + "/arrivals") as response:
@@ -131,3 +135,27 @@ async def test_the_rate_holds_where_the_calls_arrive(
         assert ratio >= 0.985
     assert max_in_window(times, 1.0) <= rate + jitter
     assert max_in_window(times, 0.1) <= rate * 0.1 * 2 + jitter
+
+
+async def test_a_call_counts_until_its_answer_so_a_late_gateway_sees_no_window_over_the_rate(
+    pool: Pool, remote_gateway: RemoteGateway, start_engine: EngineFactory,
+) -> None:
+    """The gateway's clock is the one that counts (SPEC §3.3, the rate at the downstream):
+    a gateway that is late to stamp some requests (its loop starved, a GC pass) moves their
+    arrivals later, next to calls made after them. A call therefore counts in the pacer's
+    sliding window until its answer, which comes after any stamp: the first 10 calls at
+    20/s stamped 0.3 s late put 26 arrivals in one second when calls counted from their
+    request only."""
+    rate, count = 20, 60
+    await make_campaign(pool, "c1", rate=rate)
+    await add_profiles(pool, count, audience="a1")
+    config = engine_config(None, providers={"hook": {
+        "kind": "webhook", "url": remote_gateway.held_url(10, 0.3), "timeout": 5,
+        "concurrency": 64}}, channels={"sms": "hook"})
+    await start_engine(config)
+    run_id = await trigger(pool, "c1", audience="a1")
+    row = await wait_run_status(pool, run_id, timeout=60)
+    assert (row["status"], row["sent"]) == ("completed", count)
+    times = [t for t, _ in await remote_gateway.arrivals()]
+    assert len(times) == count
+    assert max_in_window(times, 1.0) <= rate
