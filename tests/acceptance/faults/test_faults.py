@@ -284,14 +284,7 @@ async def test_fault_leaves_no_task(
     assert case.tasks[1] <= case.tasks[0], case.line()
 
 
-JITTER = ("500-501 at the gateway in most runs since the pacer counts calls from when their "
-          "request went out; 502 at a run's start and once 515 after kill -9 (not reproduced) "
-          "were measured: docs/faults.md")
-RATE_CASES = [pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=JITTER))
-              for name in FAULTS]
-
-
-@pytest.mark.parametrize("fault", RATE_CASES)
+@pytest.mark.parametrize("fault", list(FAULTS))
 async def test_rate_holds_at_the_gateway(
     fault: str, daemon_factory: DaemonFactory, cluster: PrivateCluster,
     gateway: GatewayProcess, database_url: str
