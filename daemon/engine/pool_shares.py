@@ -5,9 +5,11 @@ executing here names, it publishes the pool's demand on this daemon (each pooled
 own rate, or the pool's, while it has something to send; 0 otherwise) with
 `store.pools.share`, and paces every call of the pool's campaigns here through one
 `PoolGate` at the share granted. It renews every `lease_ttl / 4`, at once when a demand
-changes or a pool's NOTIFY comes (a rate change, another daemon's new demand), and every
+changes or a pool's NOTIFY comes (a rate change, another daemon's new demand), every
 1.3 s while it holds less than its fair target (capacity another daemon gave up is free only
-1.25 s after, see `store/pools.py`).
+1.25 s after, see `store/pools.py`), and, while it wants more than it holds, the moment
+another holder's row would expire unrenewed (a dead daemon's share is taken as soon as it
+is free, not up to a renewal interval later).
 
 The invariant is the store's: a holder spends at most its `granted`, lowered locally as soon
 as the statement returns and raised only after it committed; so the pool's total never
@@ -107,6 +109,7 @@ class PoolShares:
         # pool -> (calls/s still spent above the share, until when: monotonic), to write
         self._tighten: dict[str, tuple[float, float]] = {}
         self._free_in: float | None = None
+        self._others_expire: float | None = None  # monotonic: another holder's row expires
         self._wake = asyncio.Event()
         self._renewed = asyncio.Event()  # set after each round of share statements
         self._rounds = 0  # rounds begun; `_answered`: rounds ended
@@ -180,6 +183,9 @@ class PoolShares:
             if self._converging:  # look again when the capacity given up is free
                 free_in = self._free_in
                 interval = min(interval, CONVERGE_EVERY if free_in is None else free_in + 0.02)
+            if self._others_expire is not None:  # a holder that stopped renewing: its share
+                interval = min(interval,  # is free the moment its row expires
+                               max(0.0, self._others_expire - self.clock.monotonic()) + 0.02)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
@@ -194,6 +200,7 @@ class PoolShares:
     async def renew(self) -> None:
         converging = False
         free_in: float | None = None
+        others_expire: float | None = None
         for pool, members in list(self._demands.items()):
             demand = sum(members.values())
             changed = self._published.get(pool) != demand
@@ -213,6 +220,10 @@ class PoolShares:
             gate.pool_rate = answer.rate
             self._lowered(pool, gate.grant(answer.granted, since + self.ttl - self.margin))
             self._published[pool] = demand
+            if answer.others_expire_in is not None and demand > answer.granted:
+                expires = since + answer.others_expire_in
+                others_expire = expires if others_expire is None else min(others_expire,
+                                                                          expires)
             if answer.granted + 1e-6 < answer.target:
                 converging = True
                 if answer.free_in is not None:
@@ -225,6 +236,7 @@ class PoolShares:
                               demand=demand, target=round(answer.target, 3),
                               pool_rate=answer.rate)
         self._converging, self._free_in = converging, free_in
+        self._others_expire = others_expire
         if self._leaving:
             leaving, self._leaving = sorted(self._leaving), set()
             try:

@@ -205,7 +205,11 @@ SELECT (SELECT granted FROM written) AS granted, (SELECT rate FROM pool) AS rate
        (SELECT extract(epoch FROM min(released_until) - clock_timestamp())::float8
         FROM rate_pool_shares
         WHERE pool = $1 AND released_until > clock_timestamp()
-          AND expires_at > clock_timestamp()) AS free_in
+          AND expires_at > clock_timestamp()) AS free_in,
+       (SELECT extract(epoch FROM min(expires_at) - clock_timestamp())::float8
+        FROM rate_pool_shares
+        WHERE pool = $1 AND holder <> $2 AND expires_at > clock_timestamp()
+          AND (granted > 0 OR released_until > clock_timestamp())) AS others_expire_in
 """
 
 
@@ -217,6 +221,9 @@ class Granted:
     rate: float
     target: float  # demand × min(1, rate / Σ demand): granted once the others gave it up
     free_in: float | None = None  # seconds until the first release still reserved ends
+    # seconds until the first other holder's row expires, if it is not renewed (a dead
+    # daemon's share is free then: the survivors look again at that moment)
+    others_expire_in: float | None = None
 
 
 async def share(db: Pool, pool: str, holder: str, demand: float, ttl: float,
@@ -242,7 +249,7 @@ async def share(db: Pool, pool: str, holder: str, demand: float, ttl: float,
             await conn.execute("SELECT pg_notify($1, $2)", POOLS_CHANNEL, pool)
     assert row is not None
     return Granted(float(row["granted"]), float(row["rate"]), float(row["target"]),
-                   row["free_in"])
+                   row["free_in"], row["others_expire_in"])
 
 
 async def tighten(db: Executor, pool: str, holder: str, amount: float, seconds: float) -> None:

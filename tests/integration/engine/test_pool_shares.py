@@ -6,12 +6,16 @@ every statement, whatever the concurrency."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+import structlog
 
+from daemon.engine.pool_shares import PoolShares
+from daemon.infra.clock import SystemClock
 from daemon.store import Pool, pools
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
@@ -155,3 +159,35 @@ async def test_delete_refuses_a_pool_a_live_campaign_names(pool: Pool, lp: str) 
     await pool.execute("UPDATE campaigns SET status = 'stopped'")
     assert await pools.delete(pool, lp) == "deleted"
     assert await pools.delete(pool, lp) == "missing"
+
+
+async def test_a_survivor_takes_a_dead_holders_share_when_its_row_expires_not_a_renewal_later(
+        pool: Pool, lp: str) -> None:
+    """SPEC §9.3: a daemon that dies gives its share back within `engine.lease_ttl`. Its
+    row expires `ttl` after its last renewal, and a survivor that wants more than it holds
+    looks again at that moment (the expiry its share statement read), not at its next
+    renewal, up to `ttl / 4` later: here the dead holder's last renewal comes 0.5 s after
+    the survivor's, whose renewals every 1.5 s would see the share 1 s after it is free."""
+    ttl = 6.0
+    assert await take(pool, "a", 1000) == 1000
+    assert await take(pool, "dead", 1000) == 0
+    assert await take(pool, "a", 1000) == 500  # a's fair share; its release ends in 0.2 s
+    await asyncio.sleep(SHORT + 0.1)
+    assert await take(pool, "dead", 1000, ttl=ttl) == 500
+    shares = PoolShares(pool, SystemClock(), "a", ttl, structlog.get_logger())
+    task = asyncio.create_task(shares.run(), name="test.pool_shares")
+    try:
+        await shares.ask(lp, "c1", 1000, within=5)
+        assert shares.gate(lp).granted == 500
+        await asyncio.sleep(0.5)
+        assert await take(pool, "dead", 1000, ttl=ttl) == 500  # its last renewal
+        expires = asyncio.get_running_loop().time() + ttl
+        await asyncio.sleep(ttl - 0.3)
+        assert shares.gate(lp).granted == 500  # still alive
+        await asyncio.sleep(0.8)  # 0.5 s after its row expired
+        assert shares.gate(lp).granted == 1000, asyncio.get_running_loop().time() - expires
+        assert await spent_bound(pool, lp) <= 1000
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
