@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import random
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -188,6 +189,54 @@ async def test_a_survivor_takes_a_dead_holders_share_when_its_row_expires_not_a_
         assert shares.gate(lp).granted == 1000, asyncio.get_running_loop().time() - expires
         assert await spent_bound(pool, lp) <= 1000
     finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_holder_cut_off_from_the_database_stops_a_second_before_its_row_expires(
+        pool: Pool, lp: str, server_url: str, database_url: str) -> None:
+    """A lost connection while a share is held (issue 13's faults): the holder can no
+    longer renew, its gate closes by itself `ttl − margin` after its last renewal, at least a
+    second before its row expires and the others may take the share (its last calls are a
+    second old by then: nothing overshoots), and it takes a share again once it can reach
+    the database. The cut is real: new connections refused, the open ones terminated."""
+    ttl = 3.0
+    shares = PoolShares(pool, SystemClock(), "a", ttl, structlog.get_logger())
+    task = asyncio.create_task(shares.run(), name="test.pool_shares")
+    name = urlsplit(database_url).path.lstrip("/")
+    reader = await asyncpg.connect(database_url)  # stays: reads the rows during the cut
+    admin = await asyncpg.connect(server_url)
+    try:
+        await shares.ask(lp, "c1", 1000, within=5)
+        gate = shares.gate(lp)
+        assert gate.granted == 1000 and gate.valid()
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> $2", name, reader.get_server_pid())
+        expires_in = await reader.fetchval(
+            "SELECT extract(epoch FROM expires_at - clock_timestamp())::float8"
+            " FROM rate_pool_shares WHERE pool = $1 AND holder = 'a'", lp)
+        expires = shares.clock.monotonic() + expires_in
+        async with asyncio.timeout(ttl + 2):
+            while gate.valid():
+                await asyncio.sleep(0.01)
+        assert shares.clock.monotonic() <= expires - 1.0, expires - shares.clock.monotonic()
+        await asyncio.sleep(max(0.0, expires - shares.clock.monotonic()) + 0.05)
+        row = await reader.fetchrow("SELECT expires_at < clock_timestamp() AS expired"
+                                    " FROM rate_pool_shares WHERE pool = $1 AND holder = 'a'", lp)
+        assert row is not None and row["expired"]  # the share is the others' now
+        assert not gate.valid()
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        async with asyncio.timeout(10):  # reachable again: it takes a share once more
+            while not gate.valid():
+                await asyncio.sleep(0.05)
+        assert gate.granted == 1000
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        await reader.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
