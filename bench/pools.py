@@ -83,9 +83,14 @@ async def share_freed(api: Api, pool: str, pid: int, since: float) -> float:
     expired: what the others may take), polled every 20 ms."""
     while True:
         view = await api.request("GET", f"/v1/rate-pools/{pool}")
-        if all(int(share["holder"].split(":")[-2]) != pid for share in view["shares"]):
+        if all(pid_of(share["holder"]) != pid for share in view["shares"]):
             return round(time.monotonic() - since, 3)
         await asyncio.sleep(0.02)
+
+
+def pid_of(holder: str) -> int:
+    """The process id in a daemon's holder name (`host:pid:incarnation`)."""
+    return int(holder.split(":")[-2])
 
 
 def holders(pool: dict[str, Any]) -> dict[str, list[str]]:
@@ -169,7 +174,7 @@ async def kill_holder(harness: Harness, daemons: list[DaemonProcess], each: int,
     async with daemons[0].api() as api:
         before, run_ids = await sending_pool(api, gateway, "kill", rate, each, phase)
         held = holders(await api.request("GET", "/v1/rate-pools/kill"))
-    by_pid = {int(holder.split(":")[-2]): found for holder, found in held.items()}
+    by_pid = {pid_of(holder): found for holder, found in held.items()}
     victim = max(daemons, key=lambda d: len(by_pid.get(d.pid, [])))
     survivor = next(d for d in daemons if d is not victim)
     # Only the first daemon wrote an admin token (on the empty database); it is valid on both.
