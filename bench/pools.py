@@ -89,7 +89,7 @@ async def share_freed(api: Api, pool: str, pid: int, since: float) -> float:
 
 
 def pid_of(holder: str) -> int:
-    """The process id in a daemon's holder name (`host:pid:incarnation`)."""
+    """The process id in a daemon's holder name (its second-to-last `:` field)."""
     return int(holder.split(":")[-2])
 
 
