@@ -6,7 +6,8 @@ Each case asserts at the gateway: nobody lost; nobody twice (after kill -9: at m
 engine's `duplicate_bound`); the report balanced on every poll; /readyz 503 (and the API
 503 `database_unavailable`) while the database is gone, 200 after; no task or connection
 left over. The busiest sliding 1 s window at the gateway (≤ rate + 1) is asserted in a
-separate test per case (`test_rate_holds_at_the_gateway`), since the pacer is being fixed.
+test of its own per case (`test_rate_holds_at_the_gateway`). `handover_kill9` runs two
+daemons on the database: the lease holder is killed for good and the other takes over.
 """
 
 from __future__ import annotations
@@ -105,9 +106,6 @@ async def gateway() -> AsyncIterator[GatewayProcess]:
     await process.stop()
 
 
-Fault = Callable[[DaemonProcess, PrivateCluster, GatewayProcess], Awaitable[None]]
-
-
 async def _database_gone(daemon: DaemonProcess, run_id: str) -> None:
     """While the database is gone: /readyz 503 and the API 503 `database_unavailable`."""
     assert await probes.readyz(daemon) == 503
@@ -124,7 +122,7 @@ async def _database_back(daemon: DaemonProcess) -> None:
 
 def _postgres(mode: str, down_for: float) -> Callable[..., Awaitable[None]]:
     async def fault(daemon: DaemonProcess, cluster: PrivateCluster, _: GatewayProcess,
-                    run_id: str) -> None:
+                    run_id: str, *__: object) -> None:
         await cluster.stop("fast" if mode == "fast" else "immediate")
         await _database_gone(daemon, run_id)
         deadline = time.monotonic() + down_for
@@ -146,6 +144,15 @@ async def _kill(daemon: DaemonProcess, *_: object) -> None:
     await daemon.start()
 
 
+async def _handover(daemon: DaemonProcess, _: PrivateCluster, __: GatewayProcess,
+                    ___: str, standby: DaemonProcess | None) -> DaemonProcess:
+    """The lease holder dies and stays dead: the standby daemon on the same database takes
+    the run over once the holder's lease expires."""
+    assert standby is not None
+    await daemon.kill()
+    return standby
+
+
 async def _sigstop(daemon: DaemonProcess, *_: object) -> None:
     assert daemon.process is not None
     os.kill(daemon.process.pid, signal.SIGSTOP)
@@ -158,15 +165,21 @@ async def _stall(_: DaemonProcess, __: PrivateCluster, gateway: GatewayProcess,
     await gateway.stall(10.0)
 
 
-FAULTS: dict[str, Callable[..., Awaitable[None]]] = {
+# A fault gets (daemon, cluster, gateway, run_id, standby) and returns the daemon that
+# carries the run on when it is not `daemon` (the standby, after a handover).
+Fault = Callable[..., Awaitable[DaemonProcess | None]]
+FAULTS: dict[str, Fault] = {
     "sigterm": _sigterm,
     "kill9": _kill,
+    "handover_kill9": _handover,
     "postgres_restart_fast": _postgres("fast", 0.0),
     "postgres_restart_immediate": _postgres("immediate", 0.0),
     "postgres_stopped_20s": _postgres("fast", 20.0),
     "provider_stall_10s": _stall,
     "sigstop_3s": _sigstop,
 }
+KILLS = {"kill9", "handover_kill9"}  # faults after which duplicates up to the bound are allowed
+HANDOVERS = {"handover_kill9"}  # faults run with a second daemon on the database
 
 
 def _config(gateway: GatewayProcess) -> str:
@@ -219,15 +232,23 @@ async def _measure(name: str, factory: DaemonFactory, cluster: PrivateCluster,
     case = Case(name)
     daemon = factory(_config(gateway))
     await daemon.start()
-    idle_tasks = await probes.tasks(daemon)
+    standby = None
+    if name in HANDOVERS:
+        standby = factory(_config(gateway))
+        await standby.start()
+    idle_tasks = {id(d): await probes.tasks(d) for d in (daemon, standby) if d is not None}
     idle_connections = await probes.connections(cluster.url, database)
     async with daemon.client() as http:
         run_id = await _launch(http, COUNT, rate=RATE)
     async with ReportPoller(daemon, run_id) as poller:
         await gateway.wait_for(FAULT_AFTER)
+        if standby is not None and not daemon.events("lease.acquired"):
+            daemon, standby = standby, daemon  # the fault strikes the lease holder
         case.duplicate_bound = int(daemon.events("worker.started")[0]["duplicate_bound"])
         fault_at = time.monotonic()
-        await FAULTS[name](daemon, cluster, gateway, run_id)
+        survivor = await FAULTS[name](daemon, cluster, gateway, run_id, standby)
+        if survivor is not None:
+            daemon = poller.daemon = survivor
         report = await _finished(daemon, run_id, timeout=90)
     arrivals = await gateway.arrivals()
     if os.environ.get("FAULTS_DUMP"):  # arrivals and the fault time, to study a case
@@ -244,7 +265,7 @@ async def _measure(name: str, factory: DaemonFactory, cluster: PrivateCluster,
                        if not probes.balanced(counts)]
     async with daemon.client() as http, http.post("/v1/campaigns/c1/stop") as answer:
         assert answer.status in (200, 409), await answer.text()  # 409: completed already
-    case.tasks = (idle_tasks, await _settled_tasks(daemon, idle_tasks))
+    case.tasks = (idle_tasks[id(daemon)], await _settled_tasks(daemon, idle_tasks[id(daemon)]))
     case.connections = (idle_connections,
                         await _settled_connections(cluster, database, POOL_SIZE))
     assert report["status"] == "completed", report
@@ -266,7 +287,7 @@ async def test_fault_loses_nobody_and_leaks_no_connection(
 ) -> None:
     case = await run_case(fault, daemon_factory, cluster, gateway, _database(database_url))
     assert case.reached == COUNT, case.line()  # nobody lost
-    if fault == "kill9":
+    if fault in KILLS:
         assert case.duplicated <= case.duplicate_bound, case.line()
     else:
         assert case.duplicated == 0, case.line()
