@@ -109,11 +109,7 @@ class Scheduler:
         if not self._announce:
             return
         ids, self._announce = list(self._announce), set()
-        rows = await self._pool.fetch(
-            "SELECT id, campaign_id, scheduled_for FROM runs "
-            "WHERE id = ANY($1::text[]) AND status = 'scheduled'",
-            ids,
-        )
+        rows = await engine_store.scheduled_runs(self._pool, ids)
         now = self._clock.now()
         for row in rows:
             log.info("run.scheduled", run_id=row["id"], campaign_id=row["campaign_id"],

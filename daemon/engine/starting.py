@@ -41,16 +41,17 @@ BATCH_RUNS = 100  # runs of inline recipients started by one statement, at most
 BATCH_RECIPIENTS = 10_000  # and their recipients (a larger run starts alone)
 
 
-def _batches(rows: list[RunRow]) -> list[list[RunRow]]:
-    """Runs to start, earliest first, in batches of one statement each: a stored audience
-    alone; runs of inline recipients with the same plan together, within the bounds."""
+def _batches(rows: list[RunRow], now: datetime) -> list[list[RunRow]]:
+    """Runs to start (at `now` or later), earliest first, in batches of one statement each:
+    a stored audience alone; runs of inline recipients with the same plan together, within
+    the bounds."""
     batches: list[list[RunRow]] = []
-    open_batches: dict[tuple[datetime, int | None], list[RunRow]] = {}
+    open_batches: dict[tuple[datetime | None, int | None], list[RunRow]] = {}
     for row in rows:
         if row.audience_id is not None:
             batches.append([row])
             continue
-        key = engine_store.same_plan(row)
+        key = engine_store.same_plan(row, now)
         batch = open_batches.get(key)
         if batch is None or len(batch) >= BATCH_RUNS or sum(
                 r.inline_count for r in batch) + row.inline_count > BATCH_RECIPIENTS:
@@ -125,7 +126,7 @@ class RunStarting:
                 # A few statements at once (each its own transaction, on its own
                 # connection), each starting a batch of runs: a burst of one-recipient
                 # triggers starts at database speed.
-                batches = _batches(ready)[:PARALLEL_STARTS]
+                batches = _batches(ready, now)[:PARALLEL_STARTS]
                 await asyncio.gather(*(self._start_batch(batch) for batch in batches))
                 continue
             seconds = (due[0][0] - now).total_seconds() if due else None

@@ -151,8 +151,13 @@ def _resolved(audience: bool, rows: str, source: str) -> str:
 # The whole start of runs of inline recipients in one statement: lock those still
 # scheduled, insert their recipients, count them, mark them running with their plan (the
 # same for all) and counts.
+# The runs are locked by their ids alone, then those still scheduled kept (the locked
+# rows are their latest versions): `status = 'scheduled'` beside the ids let the planner
+# read them through the partial index `runs_due` under stale statistics, every due run of
+# every campaign for each start (1.2 ms at 1,700 due; O(backlog)).
 _CLAIM_RUNS = """
-run AS (SELECT id FROM runs WHERE id = ANY($1::text[]) AND status = 'scheduled' FOR UPDATE),
+locked AS (SELECT id, status FROM runs WHERE id = ANY($1::text[]) FOR UPDATE),
+run AS (SELECT id FROM locked WHERE status = 'scheduled'),
 """
 _START = """,
 inserted AS (
@@ -181,6 +186,18 @@ SELECT s.*, c.* FROM started s JOIN counted c ON c.run_id = s.id
 """
 
 
+def start_inline_sql(channel: Channel, returning: str) -> str:
+    """`start_inline`'s statement: $1 run ids, $2 capacity, $3 its reason, $4 now,
+    $5 started_at, $6 deadline, $7 rate."""
+    resolved = _resolved(False, _INLINE_STORED_ROWS, "")
+    counts = _COUNTS.format(n="i.run_id", r="i.reason", extra=", run.id AS run_id",
+                            relation="run LEFT JOIN inserted i ON i.run_id = run.id "
+                                     "GROUP BY run.id")
+    return (decided(channel, resolved, "$2", "$3", first=_CLAIM_RUNS)
+            + _START.format(counts=counts,
+                            returning=", ".join(f"r.{c.strip()}" for c in returning.split(","))))
+
+
 async def start_inline(
     db: Executor,
     run_ids: list[str],
@@ -199,15 +216,9 @@ async def start_inline(
     and counted, their plan and counts set. Each started run's `returning` columns (`id`
     among them) and counts; the runs no longer scheduled are left out. `rate`: the rate
     they are planned at, when not their own (a pooled campaign's share)."""
-    resolved = _resolved(False, _INLINE_STORED_ROWS, "")
-    counts = _COUNTS.format(n="i.run_id", r="i.reason", extra=", run.id AS run_id",
-                            relation="run LEFT JOIN inserted i ON i.run_id = run.id "
-                                     "GROUP BY run.id")
-    sql = (decided(channel, resolved, "$2", "$3", first=_CLAIM_RUNS)
-           + _START.format(counts=counts,
-                           returning=", ".join(f"r.{c.strip()}" for c in returning.split(","))))
     reason = deadline_reason.value if deadline_reason else None
-    rows = await db.fetch(sql, run_ids, capacity, reason, now, started_at, deadline, rate)
+    rows = await db.fetch(start_inline_sql(channel, returning), run_ids, capacity, reason, now,
+                          started_at, deadline, rate)
     return [(row, counts_from(row)) for row in rows]
 
 

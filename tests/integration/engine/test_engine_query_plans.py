@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from daemon.models import Channel
-from daemon.store import Pool, freeze
+from daemon.store import Pool, freeze, snapshot
 from daemon.store import engine as engine_store
 from daemon.store import recipients as store
 from tests.integration.engine.conftest import add_profiles, make_campaign
@@ -146,3 +146,99 @@ async def test_the_next_wake_up_does_not_walk_the_waiting_inline_runs(pool: Pool
     plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
     assert _filtered_out(plan) < 10, plan
     assert await engine_store.next_due(pool, later, 2.0) is not None
+
+
+# A quiet database analysed, then a burst: the statistics say nothing is pending and no
+# run is due, while thousands are. The statements below must still read by key.
+
+BURST_RUNS = 3000
+BURST_PENDING = 5000
+
+
+@pytest.fixture
+async def quiet_then_busy(pool: Pool) -> None:
+    await make_campaign(pool, "c1", end_at=datetime(2027, 1, 1, tzinfo=UTC))
+    await pool.execute(
+        "INSERT INTO runs (id, campaign_id, status, scheduled_for) "
+        "SELECT 'old' || n, 'c1', 'completed', $1 FROM generate_series(1, 500) AS n", NOW)
+    await pool.execute(
+        "INSERT INTO run_recipients (run_id, position, profile_id, status) "
+        "SELECT 'old' || (n % 500 + 1), n, 'p' || n, 'sent' FROM generate_series(0, 4999) AS n")
+    await pool.execute("ANALYZE runs; ANALYZE run_recipients")
+    await pool.execute(
+        "INSERT INTO runs (id, campaign_id, status, scheduled_for) "
+        "SELECT 'due' || n, 'c1', 'scheduled', $1::timestamptz "
+        "FROM generate_series(1, $2::int) AS n "
+        "UNION ALL SELECT 'r1', 'c1', 'running', $1::timestamptz "
+        "UNION ALL SELECT 'r2', 'c1', 'running', $1::timestamptz", NOW, BURST_RUNS)
+    await pool.execute(
+        "INSERT INTO run_recipients (run_id, position, profile_id) "
+        "SELECT 'r1', n, 'p' || n FROM generate_series(0, $1::int - 1) AS n", BURST_PENDING)
+
+
+async def _analyzed(pool: Pool, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """Every node of EXPLAIN ANALYZE's generic plan (the one asyncpg's prepared statement
+    settles on after five executions; the statement run, then rolled back)."""
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args)
+        finally:
+            await transaction.rollback()
+    nodes, stack = [], [(raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack.extend(node.get("Plans", []))
+    return nodes
+
+
+def _scan_rows(nodes: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """(node type, table, rows returned over all loops) of each scan of a table (a bitmap
+    heap scan counts, not its index scan)."""
+    return [(n["Node Type"], n["Relation Name"], int(n["Actual Rows"]) * int(n["Actual Loops"]))
+            for n in nodes if "Scan" in n["Node Type"] and "Relation Name" in n]
+
+
+def _rows_read(nodes: list[dict[str, Any]], table: str) -> int:
+    """The rows the scans of `table` returned, all loops together."""
+    return sum(rows for _, name, rows in _scan_rows(nodes) if name == table)
+
+
+async def test_an_outcome_write_reads_its_rows_by_key_after_a_burst(
+    pool: Pool, quiet_then_busy: None
+) -> None:
+    nodes = await _analyzed(pool, store._WRITE_SQL, ["r1"] * 10, list(range(100, 110)),
+                            ["sent"] * 10, [None] * 10, [None] * 10, [1] * 10, [None] * 10,
+                            [None] * 10, [NOW] * 10, ["tw"] * 10)
+    assert _rows_read(nodes, "run_recipients") <= 10, _scan_rows(nodes)  # was 5,000
+
+
+async def test_the_scheduler_reads_the_runs_it_announces_by_key_after_a_burst(
+    pool: Pool, quiet_then_busy: None
+) -> None:
+    ids = [f"due{n}" for n in range(1, 21)]
+    nodes = await _analyzed(pool, engine_store._SCHEDULED_RUNS, ids)
+    assert _rows_read(nodes, "runs") <= 20, _scan_rows(nodes)  # was 3,000: every due run
+    assert len(await engine_store.scheduled_runs(pool, [*ids, "r1"])) == 20  # not r1
+
+
+async def test_a_start_locks_its_runs_by_key_after_a_burst(
+    pool: Pool, quiet_then_busy: None
+) -> None:
+    ids = [f"due{n}" for n in range(1, 21)]
+    sql = snapshot.start_inline_sql(Channel.SMS, "id")
+    nodes = await _analyzed(pool, sql, ids, None, None, NOW, NOW, None, None)
+    assert _rows_read(nodes, "runs") <= 2 * len(ids), _scan_rows(nodes)  # was 3,000 a start
+
+
+async def test_a_close_reads_no_other_run_of_a_campaign_with_an_end(
+    pool: Pool, quiet_then_busy: None
+) -> None:
+    await pool.execute("UPDATE runs SET pending = 0 WHERE id = 'r2'")
+    nodes = await _analyzed(pool, engine_store._FINISH.format(counts=engine_store._COUNTS),
+                            "r2", "completed", "delivered", NOW, "c1", None, None)
+    # Only r2 itself: the campaign's other runs matter to a one-shot campaign alone.
+    assert _rows_read(nodes, "runs") <= 1, _scan_rows(nodes)  # was 3,000: its running or due

@@ -142,3 +142,22 @@ async def test_runs_with_one_plan_start_together_each_on_its_own(pool: Pool) -> 
         row = await run_row(pool, run_id)
         assert (row["status"], row["targeted"], row["pending"]) == (
             "running", by_id[run_id].targeted, by_id[run_id].pending)
+
+
+async def test_runs_of_different_plans_started_together_each_get_their_own(pool: Pool) -> None:
+    await make_campaign(pool, "c1", rate=1)
+    await add_profiles(pool, 1)
+    later = NOW + timedelta(seconds=30)
+    due = await trigger(pool, "c1", scheduled_for=NOW - timedelta(seconds=5),
+                        recipients=[{"profile_id": "p0"}])
+    ahead = await trigger(pool, "c1", scheduled_for=later, recipients=[{"profile_id": "p0"}])
+    campaign = await engine_store.load_campaign(pool, "c1")
+    runs = [await engine_store.load_run(pool, run_id) for run_id in (due, ahead)]
+    assert campaign is not None and all(runs)
+    started = await engine_store.start_inline_runs(
+        pool, [run for run in runs if run is not None], campaign, now=NOW, time_cap=2)
+    by_id = {s.run.id: s for s in started}
+    assert by_id[due].plan.started_at == NOW and by_id[ahead].plan.started_at == later
+    for run_id, at in ((due, NOW), (ahead, later)):
+        row = await run_row(pool, run_id)
+        assert (row["started_at"], row["deadline"]) == (at, at + timedelta(seconds=2))
