@@ -7,7 +7,7 @@ same statement (delivered at commit), so that a running engine hears of it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -77,22 +77,52 @@ async def campaign_runs(
     ))
 
 
-async def campaign_totals(db: Executor, campaign_id: str) -> Record:
-    """Sums of every count over the campaign's runs, and how many runs."""
+def _totals_sql(campaign: str) -> str:
+    """Sums of every count over the runs of the campaign whose id is `campaign` (SQL)."""
     sums = ", ".join(
         f"coalesce(sum({column}), 0)::bigint AS {column}"
         for column in ("targeted", "sent", "failed", "pending", *EXCLUSION_COLUMNS)
     )
     deliveries = ", ".join(
         f"""(SELECT coalesce(sum(d.{name}), 0)::bigint FROM run_deliveries d
-             JOIN runs r ON r.id = d.run_id WHERE r.campaign_id = $1) AS delivery_{name}"""
+             JOIN runs r ON r.id = d.run_id WHERE r.campaign_id = {campaign})
+             AS delivery_{name}"""
         for name in DELIVERY_COUNTS
     )
-    row: Record = await db.fetchrow(
-        f"SELECT count(*) AS runs, {sums}, {deliveries} FROM runs WHERE campaign_id = $1",
-        campaign_id,
-    )
+    return (f"SELECT count(*) AS runs, {sums}, {deliveries} FROM runs "
+            f"WHERE campaign_id = {campaign}")
+
+
+_TOTALS = _totals_sql("$1")
+_TOTALS_OF = f"""
+SELECT c.id AS of_campaign, t.* FROM unnest($1::text[]) AS c(id)
+CROSS JOIN LATERAL ({_totals_sql("c.id")}) AS t
+"""
+_LATEST_OF = f"""
+SELECT c.id AS of_campaign, r.* FROM unnest($1::text[]) AS c(id)
+CROSS JOIN LATERAL (SELECT {REPORT_COLUMNS} FROM runs WHERE campaign_id = c.id
+                    ORDER BY created_at DESC, id DESC LIMIT $2) AS r
+"""
+
+
+async def campaign_totals(db: Executor, campaign_id: str) -> Record:
+    """Sums of every count over the campaign's runs, and how many runs."""
+    row: Record = await db.fetchrow(_TOTALS, campaign_id)
     return row
+
+
+async def totals_of(db: Executor, campaign_ids: Sequence[str]) -> dict[str, Record]:
+    """`campaign_totals` of each campaign, in one statement."""
+    return {row["of_campaign"]: row for row in await db.fetch(_TOTALS_OF, list(campaign_ids))}
+
+
+async def latest_runs_of(db: Executor, campaign_ids: Sequence[str], per: int
+                         ) -> dict[str, list[Record]]:
+    """Each campaign's `per` newest runs (as `campaign_runs`), in one statement."""
+    found: dict[str, list[Record]] = {campaign_id: [] for campaign_id in campaign_ids}
+    for row in await db.fetch(_LATEST_OF, list(campaign_ids), per):
+        found[row["of_campaign"]].append(row)
+    return found
 
 
 _RECIPIENT_COLUMNS = (

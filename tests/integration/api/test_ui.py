@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from daemon.store import send_rate
+from daemon.store import runs, send_rate
 from tests.integration.api.conftest import Api
 
 EVIL = "<script>alert(1)</script>"
@@ -191,3 +191,27 @@ async def test_a_trigger_token_reads_runs_but_not_campaigns_as_in_the_api(api: A
         assert response.status == 403, path
     api_read = await api.get("/v1/campaigns/spring-sale/report", token=api.trigger_token)
     assert api_read.status == 403
+
+
+async def test_the_campaigns_page_reads_every_campaign_in_one_statement_each_as_one_by_one(
+    api: Api,
+) -> None:
+    await _run(api, size=30)
+    for _ in range(4):  # more runs than the page shows (3 a campaign)
+        await api.json("POST", "/v1/campaigns/spring-sale/triggers", 202, json={
+            "recipients": [{"profile_id": "p1", "email": "p1@example.com"}]})
+    await api.live_campaign(id="quiet", name="Quiet")  # no run at all
+    ids = ["spring-sale", "quiet"]
+    latest = await runs.latest_runs_of(api.pool, ids, 3)
+    totals = await runs.totals_of(api.pool, ids)
+    for campaign_id in ids:
+        one = await runs.campaign_runs(api.pool, campaign_id, None, 3)
+        assert [dict(r) for r in one] == [
+            {k: v for k, v in dict(r).items() if k != "of_campaign"} for r in latest[campaign_id]]
+        assert dict(await runs.campaign_totals(api.pool, campaign_id)) == {
+            k: v for k, v in dict(totals[campaign_id]).items() if k != "of_campaign"}
+    assert len(latest["spring-sale"]) == 3 and latest["quiet"] == []
+    assert totals["spring-sale"]["runs"] == 5 and totals["quiet"]["runs"] == 0
+    await _sign_in(api)
+    page = await api.get("/ui/", token=None)
+    assert page.status == 200 and "Quiet" in await page.text()
